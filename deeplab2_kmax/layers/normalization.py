@@ -1,0 +1,60 @@
+"""Normalization factory: batch norm (optionally synchronized) with deeplab2 defaults.
+
+kMaX-DeepLab uses synchronized batch norm with momentum 0.99 and epsilon 1e-3 everywhere
+(KMAX.md "Details from deeplab2"). Layers take a `norm_config` dict (serializable, gin
+bindable) and call `batch_norm(norm_config, ...)` to build their norm layers.
+"""
+
+from typing import Any, Mapping, Optional
+
+import keras
+
+DEFAULT_NORM_CONFIG = {"momentum": 0.99, "epsilon": 1e-3, "synchronized": False}
+
+
+def resolve_norm_config(norm_config: Optional[Mapping[str, Any]]) -> dict:
+  """Returns a full norm config dict: defaults overridden by `norm_config`."""
+  config = dict(DEFAULT_NORM_CONFIG)
+  if norm_config:
+    unknown = set(norm_config) - set(DEFAULT_NORM_CONFIG)
+    if unknown:
+      raise ValueError(f"Unknown norm_config keys {sorted(unknown)}; "
+                       f"allowed: {sorted(DEFAULT_NORM_CONFIG)}")
+    config.update(norm_config)
+  return config
+
+
+def batch_norm(norm_config: Optional[Mapping[str, Any]] = None,
+               axis: int = -1,
+               gamma_initializer: Any = "ones",
+               name: Optional[str] = None) -> keras.layers.BatchNormalization:
+  """Builds a BatchNormalization layer.
+
+  Args:
+    norm_config: dict with optional keys `momentum` (0.99), `epsilon` (1e-3) and
+      `synchronized` (False; True gives cross-replica synchronized BN).
+    axis: the feature axis.
+    gamma_initializer: initializer of the scale (use "zeros" at the end of residual
+      branches).
+    name: layer name.
+  """
+  config = resolve_norm_config(norm_config)
+  return keras.layers.BatchNormalization(
+      axis=axis,
+      momentum=config["momentum"],
+      epsilon=config["epsilon"],
+      synchronized=config["synchronized"],
+      gamma_initializer=gamma_initializer,
+      name=name)
+
+
+def get_activation(name: Optional[str]):
+  """Maps an activation name ('relu', 'gelu', 'none'/None, ...) to a function.
+
+  'gelu' is the exact (erf) GeLU, as in deeplab2.
+  """
+  if name is None or name == "none":
+    return lambda x: x
+  if name == "gelu":
+    return lambda x: keras.activations.gelu(x, approximate=False)
+  return keras.activations.get(name)
