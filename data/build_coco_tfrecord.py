@@ -1,0 +1,47 @@
+r"""Converts a COCO-panoptic-format dataset (COCO, the synthetic set, custom data).
+
+  python data/build_coco_tfrecord.py --image_dir=DIR --panoptic_json=FILE \
+      --panoptic_dir=DIR --output_dir=DIR --split=val --num_shards=N [--num_workers=K]
+
+Writes `<output_dir>/<split>-0000i-of-0000N.tfrecord` and `<output_dir>/dataset_info.json`
+(train ids assigned in increasing order of the JSON's category ids). Re-running resumes:
+complete shards are kept.
+"""
+import os
+import time
+
+from absl import app
+from absl import flags
+
+from data import converter
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("image_dir", None, "Folder of the images (e.g. val2017).")
+flags.DEFINE_string("panoptic_json", None, "COCO panoptic JSON (segments_info, categories).")
+flags.DEFINE_string("panoptic_dir", None, "Folder of the panoptic PNGs.")
+flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
+flags.DEFINE_string("split", "val", "Split name used in the shard names.")
+flags.DEFINE_integer("num_shards", 8, "Number of shards.")
+flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+flags.DEFINE_integer("label_divisor", 256, "Internal label divisor.")
+flags.DEFINE_integer("ignore_label", 255, "Train id of void.")
+flags.DEFINE_string("dataset_name", "coco_panoptic", "Name stored in dataset_info.json.")
+for _name in ("image_dir", "panoptic_json", "panoptic_dir", "output_dir"):
+  flags.mark_flag_as_required(_name)
+
+
+def main(argv):
+  del argv
+  start = time.time()
+  info = converter.convert_coco_panoptic(
+      FLAGS.image_dir, FLAGS.panoptic_json, FLAGS.panoptic_dir, FLAGS.output_dir,
+      FLAGS.split, FLAGS.num_shards, FLAGS.num_workers, FLAGS.label_divisor,
+      FLAGS.ignore_label, FLAGS.dataset_name)
+  n = info.num_examples[FLAGS.split]
+  seconds = time.time() - start
+  print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.1f} examples/s)")
+
+
+if __name__ == "__main__":
+  app.run(main)
