@@ -1,0 +1,234 @@
+"""Hand-built cases for every panopticapi rule (KMAX.md §6), expected numbers by hand."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from evaluation import panoptic_quality as pqm
+from evaluation import writers
+
+CATS = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 1},
+        {"id": 7, "name": "s", "isthing": 0}]
+
+
+def _write(tmp_path, name, images, categories=CATS):
+  """images: list of (ids [H, W], segments [(id, category_id, iscrowd)])."""
+  folder = tmp_path / name
+  folder.mkdir(exist_ok=True)
+  anns = []
+  for i, (ids, segs) in enumerate(images):
+    ids = np.asarray(ids, np.uint32)
+    writers.write_id_png(str(folder / f"{i}.png"), ids)
+    info = [{"id": s, "category_id": c, "iscrowd": cr, "area": int((ids == s).sum())}
+            for s, c, cr in segs]
+    anns.append({"image_id": i, "file_name": f"{i}.png", "segments_info": info})
+  path = tmp_path / f"{name}.json"
+  path.write_text(json.dumps({"annotations": anns, "categories": categories}))
+  return str(path), str(folder)
+
+
+def _pq(tmp_path, gt_images, pred_images, categories=CATS):
+  gj, gf = _write(tmp_path, "gt", gt_images, categories)
+  pj, pf = _write(tmp_path, "pred", pred_images, categories)
+  return pqm.pq_compute(gj, pj, gf, pf, num_workers=1, progress=False)
+
+
+def _grid(rows):
+  return np.array(rows, np.uint32)
+
+
+def test_iou_exactly_half_is_not_a_match(tmp_path):
+  gt = _grid([[5, 5, 5, 5], [0, 0, 0, 0]])
+  pred_half = _grid([[9, 9, 0, 0], [0, 0, 0, 0]])  # inter 2, union 4 + 2 - 2 = 4
+  r = _pq(tmp_path, [(gt, [(5, 1, 0)])], [(pred_half, [(9, 1, 0)])])
+  # IoU 0.5 -> no match: FN 1, FP 1 (pred not on void) -> PQ 0, RQ 0, n = 1.
+  assert r["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 1}
+  assert r["per_class"]["1"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+  pred_three = _grid([[9, 9, 9, 0], [0, 0, 0, 0]])  # IoU 3/4 -> TP
+  r = _pq(tmp_path, [(gt, [(5, 1, 0)])], [(pred_three, [(9, 1, 0)])])
+  assert r["per_class"]["1"] == {"pq": 0.75, "sq": 0.75, "rq": 1.0}
+  assert r["Things"]["n"] == 1 and r["Stuff"]["n"] == 0
+
+
+def test_void_pixels_are_removed_from_the_union(tmp_path):
+  gt = _grid([[5, 5, 0, 0], [5, 5, 0, 0]])
+  pred = _grid([[9, 9, 9, 9], [9, 9, 9, 9]])  # 4 on gt, 4 on void
+  r = _pq(tmp_path, [(gt, [(5, 7, 0)])], [(pred, [(9, 7, 0)])])
+  # union = 8 + 4 - 4 - 4 = 4 -> IoU 1 (without the void rule it would be 0.5, no match)
+  assert r["per_class"]["7"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0}
+  assert r["Stuff"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 1}
+
+
+def test_unlisted_gt_id_is_not_void(tmp_path):
+  gt = _grid([[5, 5, 3, 3], [5, 5, 3, 3]])  # id 3 is in the PNG but not in the JSON
+  pred = _grid([[9, 9, 9, 9], [9, 9, 9, 9]])
+  r = _pq(tmp_path, [(gt, [(5, 7, 0)])], [(pred, [(9, 7, 0)])])
+  # union = 8 + 4 - 4 - 0 = 8 -> IoU 0.5, no match; FP not ignored (0 void) -> PQ 0
+  assert r["per_class"]["7"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+
+
+def test_fp_ignored_when_more_than_half_void_plus_same_category_crowd(tmp_path):
+  gt = _grid([[0, 0, 4, 6], [5, 5, 5, 5]])  # 4: crowd of cat 2, 6: crowd of cat 1
+  gt_segs = [(4, 2, 1), (5, 7, 0), (6, 1, 1)]
+  pred = _grid([[9, 9, 9, 8], [0, 0, 8, 0]])
+  # pred 9 (cat 2): void 2 + crowd(cat 2) 1 = 3 of 3 px -> ignored.
+  # pred 8 (cat 2): void 0 + crowd of cat 2: 0 (it covers cat-1 crowd and stuff) -> FP.
+  r = _pq(tmp_path, [(gt, gt_segs)], [(pred, [(9, 2, 0), (8, 2, 0)])])
+  # cat 2: FP 1 -> present, PQ 0; cat 7: FN 1 -> PQ 0; cat 1: only a crowd -> absent.
+  assert r["All"]["n"] == 2 and r["Things"]["n"] == 1 and r["Stuff"]["n"] == 1
+  assert r["per_class"]["1"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+
+
+def test_crowd_only_counts_for_its_own_category(tmp_path):
+  gt = _grid([[4, 4, 0, 7], [7, 7, 7, 7]])  # 4: crowd of cat 1
+  # pred 9 of cat 2 on crowd(cat 1) 2 px + void 1 px + stuff 1 px: (1 + 0) / 4 -> FP.
+  pred = _grid([[9, 9, 9, 9], [0, 0, 0, 0]])
+  r = _pq(tmp_path, [(gt, [(4, 1, 1), (7, 7, 0)])], [(pred, [(9, 2, 0)])])
+  # cat 2: FP 1 -> pq 0; cat 7: FN 1 -> pq 0; n = 2
+  assert r["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 2}
+  # Same prediction as cat 1: (1 void + 2 crowd) / 4 = 0.75 > 0.5 -> ignored.
+  r = _pq(tmp_path, [(gt, [(4, 1, 1), (7, 7, 0)])], [(pred, [(9, 1, 0)])])
+  assert r["All"]["n"] == 1 and r["Things"]["n"] == 0
+
+
+def test_exactly_half_ignored_area_still_counts_as_fp(tmp_path):
+  gt = _grid([[0, 0, 7, 7]])
+  pred = _grid([[9, 9, 9, 9]])  # void 2 / 4 = 0.5, not > 0.5 -> FP; cat 7 FN
+  r = _pq(tmp_path, [(gt, [(7, 7, 0)])], [(pred, [(9, 1, 0)])])
+  assert r["All"]["n"] == 2 and r["Things"]["n"] == 1
+
+
+def test_only_last_crowd_segment_of_a_category_is_used(tmp_path):
+  gt = _grid([[3, 3, 4, 4], [7, 7, 7, 7]])  # 3 and 4 both crowd of cat 1; 4 listed last
+  pred_on_first = _grid([[9, 9, 0, 0], [0, 0, 0, 0]])
+  r = _pq(tmp_path, [(gt, [(3, 1, 1), (4, 1, 1), (7, 7, 0)])],
+          [(pred_on_first, [(9, 1, 0)])])
+  assert r["Things"]["n"] == 1  # not ignored: only crowd 4 counts -> FP
+  r = _pq(tmp_path, [(gt, [(4, 1, 1), (3, 1, 1), (7, 7, 0)])],
+          [(pred_on_first, [(9, 1, 0)])])
+  assert r["Things"]["n"] == 0  # now 3 is the last crowd -> 2/2 ignored
+
+
+def test_empty_predictions_and_empty_splits(tmp_path):
+  gt = _grid([[5, 5, 6, 6], [7, 7, 7, 7]])
+  empty = np.zeros((2, 4), np.uint32)
+  r = _pq(tmp_path, [(gt, [(5, 1, 0), (6, 1, 0), (7, 7, 0)])], [(empty, [])])
+  assert r["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 2}
+  assert r["Things"]["n"] == 1 and r["Stuff"]["n"] == 1
+  # Everything void: no category has TP+FP+FN > 0 -> zeros with n = 0, no crash.
+  r = _pq(tmp_path, [(empty, [])], [(empty, [])])
+  for split in ("All", "Things", "Stuff"):
+    assert r[split] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+  # No thing categories at all.
+  stuff_only = [c for c in CATS if not c["isthing"]]
+  r = _pq(tmp_path, [(gt * 0 + 7, [(7, 7, 0)])], [(gt * 0 + 9, [(9, 7, 0)])], stuff_only)
+  assert r["Things"]["n"] == 0 and r["Stuff"] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 1}
+
+
+def test_category_present_only_in_predictions(tmp_path):
+  gt = _grid([[5, 5, 5, 5], [7, 7, 7, 7]])
+  pred = _grid([[5, 5, 5, 0], [7, 7, 7, 8]])
+  r = _pq(tmp_path, [(gt, [(5, 1, 0), (7, 7, 0)])],
+          [(pred, [(5, 1, 0), (7, 7, 0), (8, 2, 0)])])
+  # cat 1: IoU 3/4 TP; cat 7: pred 3 px, union 3 + 4 - 3 = 4 -> IoU 3/4 TP;
+  # cat 2: FP only (pred 8 on stuff) -> counted with PQ 0.
+  assert r["per_class"]["1"] == {"pq": 0.75, "sq": 0.75, "rq": 1.0}
+  assert r["per_class"]["2"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0}
+  assert r["Things"] == {"pq": 0.375, "sq": 0.375, "rq": 0.5, "n": 2}
+  assert r["All"]["n"] == 3
+  assert r["All"]["pq"] == pytest.approx(0.5)
+
+
+def test_pq_sums_over_images_before_dividing(tmp_path):
+  gt = _grid([[5, 5, 5, 5], [6, 6, 6, 6]])
+  pred1 = _grid([[9, 9, 9, 9], [0, 0, 0, 0]])  # TP IoU 1, FN for 6
+  pred2 = _grid([[9, 9, 9, 0], [8, 8, 8, 8]])  # TP 0.75, TP 1
+  gsegs = [(5, 1, 0), (6, 1, 0)]
+  r = _pq(tmp_path, [(gt, gsegs), (gt, gsegs)],
+          [(pred1, [(9, 1, 0)]), (pred2, [(9, 1, 0), (8, 1, 0)])])
+  # cat 1: TP 3, FN 1, FP 0, IoU sum 2.75 -> PQ 2.75 / 3.5, SQ 2.75 / 3, RQ 3 / 3.5
+  assert r["per_class"]["1"]["pq"] == pytest.approx(2.75 / 3.5, abs=1e-15)
+  assert r["per_class"]["1"]["sq"] == pytest.approx(2.75 / 3, abs=1e-15)
+  assert r["per_class"]["1"]["rq"] == pytest.approx(3 / 3.5, abs=1e-15)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("png_not_json", "presented in PNG and not presented in JSON"),
+    ("json_not_png", "presented in JSON and not presented in PNG"),
+    ("bad_category", "unknown category_id 99"),
+])
+def test_prediction_validation_errors_name_file_and_segment(tmp_path, case, message):
+  gt = _grid([[5, 5, 5, 5]])
+  pred = _grid([[9, 9, 3, 0]])
+  segs = {"png_not_json": [(9, 1, 0)], "json_not_png": [(9, 1, 0), (3, 1, 0), (4, 1, 0)],
+          "bad_category": [(9, 1, 0), (3, 99, 0)]}[case]
+  with pytest.raises(pqm.PanopticFormatError, match=message) as err:
+    _pq(tmp_path, [(gt, [(5, 1, 0)])], [(pred, segs)])
+  text = str(err.value)
+  assert "0.png" in text or "pred.json" in text
+  assert {"png_not_json": "3", "json_not_png": "[4]", "bad_category": "3"}[case] in text
+
+
+def test_missing_prediction_for_an_image(tmp_path):
+  gt = _grid([[5, 5]])
+  gj, gf = _write(tmp_path, "gt", [(gt, [(5, 1, 0)]), (gt, [(5, 1, 0)])])
+  pj, pf = _write(tmp_path, "pred", [(gt, [(5, 1, 0)])])
+  with pytest.raises(pqm.PanopticFormatError, match="no prediction for the image with id: 1"):
+    pqm.pq_compute(gj, pj, gf, pf, num_workers=1, progress=False)
+
+
+def _random_internal_maps(rng, n, h, w, num_classes, thing, divisor, ignore):
+  maps = []
+  for _ in range(n):
+    sem = rng.integers(0, num_classes, size=(h // 4, w // 4)).repeat(4, 0).repeat(4, 1)
+    inst = rng.integers(0, 3, size=(h // 8, w // 8)).repeat(8, 0).repeat(8, 1)
+    inst = np.where(np.isin(sem, thing), inst, 0)
+    m = sem * divisor + inst
+    m[rng.random((h, w)) < 0.05] = ignore * divisor
+    maps.append(m)
+  return maps
+
+
+def test_online_accumulator_matches_offline_cli(tmp_path):
+  rng = np.random.default_rng(0)
+  num_classes, thing, divisor, ignore = 5, [0, 1], 256, 255
+  cat_ids = [3, 8, 11, 20, 21]
+  gts = _random_internal_maps(rng, 4, 32, 48, num_classes, thing, divisor, ignore)
+  preds = []
+  for g in gts:  # perturbed copies: some matches, some misses
+    p = g.copy()
+    p[rng.random(g.shape) < 0.3] = ignore * divisor
+    p[:, :16] = np.roll(p[:, :16], 5, axis=0)
+    preds.append(p)
+  cats = [{"id": c, "name": str(c), "isthing": int(i in thing)} for i, c in enumerate(cat_ids)]
+  acc = pqm.PanopticQualityAccumulator(num_classes, divisor, ignore, thing, cat_ids)
+  for name, maps in (("gt", gts), ("pred", preds)):
+    w = writers.CocoPanopticWriter(str(tmp_path), cats, divisor, ignore, thing, cat_ids,
+                                   name=name)
+    for i, m in enumerate(maps):
+      w.add(i, m, is_groundtruth=(name == "gt"))
+    w.close()
+  acc.update(np.stack(gts), np.stack(preds))
+  online = acc.result()
+  out = tmp_path / "metrics.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "evaluation.panoptic_quality",
+       f"--gt_json_file={tmp_path / 'gt.json'}", f"--pred_json_file={tmp_path / 'pred.json'}",
+       f"--gt_folder={tmp_path / 'gt'}", f"--pred_folder={tmp_path / 'pred'}",
+       f"--output_json={out}", "--num_workers=2"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+      check=True)
+  assert "All" in proc.stdout and "Things" in proc.stdout
+  offline = json.loads(out.read_text())
+  assert offline["All"]["n"] >= 3 and 0 < offline["All"]["pq"] < 1
+  for split in ("All", "Things", "Stuff"):
+    for key in ("pq", "sq", "rq", "n"):
+      assert offline[split][key] == pytest.approx(online[split][key], abs=1e-12)
+  assert offline["per_class"].keys() == online["per_class"].keys()
+  for cid, vals in online["per_class"].items():
+    for key, v in vals.items():
+      assert offline["per_class"][cid][key] == pytest.approx(v, abs=1e-12)
