@@ -1,0 +1,190 @@
+"""The one inference path: image -> padded input -> model -> merger -> maps at original size.
+
+Export (`export.py`), the inference CLI (`predict.py`), the cluster figure and the
+evaluation all call `PanopticPredictor`, so a SavedModel and the Python path run the
+same TensorFlow function on the same padded tensor and give identical maps by
+construction. This module is the only place where resize / pad / crop logic lives.
+
+Geometry (documented choice):
+* Default (`input_size=None`): no resizing. The image is padded at the bottom and right
+  with the mean pixel 127.5 (0 after the model's `x / 127.5 - 1`) to the smallest
+  `32k + 1` size (k >= 1) holding it, so the stride-4 mask grid point i sits exactly on
+  pixel 4i (align corners).
+* `input_size=(H, W)` (both `32k + 1`): the deeplab2 evaluation protocol. The image is
+  resized (bilinear, aspect ratio kept) to fit inside H x W, then padded to H x W.
+* The model runs on one image at a time (batch 1), so a prediction never depends on
+  the other images of a request nor on a batch's common padded size.
+* Only the mask-logit grid points covering the (resized) image are kept: the merger
+  upsamples them to `4(g - 1) + 1 >= h` pixels, the maps are cropped to the image, and,
+  when the image was resized, brought back to the original size by nearest-neighbour
+  resizing. Padding pixels therefore never count toward a segment's area.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+PAD_VALUE = 127.5
+OUTPUT_STRIDE = 32
+MASK_STRIDE = 4
+MAP_KEYS = ("panoptic", "semantic", "instance")
+SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores")
+
+
+def padded_length(length, stride: int = OUTPUT_STRIDE):
+  """Smallest `stride * k + 1 >= length` with k >= 1 (works on ints and int tensors)."""
+  k = (length - 1 + stride - 1) // stride
+  if isinstance(k, int):
+    return stride * max(k, 1) + 1
+  return stride * tf.maximum(k, 1) + 1
+
+
+def check_input_size(input_size: Optional[Sequence[int]]) -> Optional[Tuple[int, int]]:
+  """Validates `--input_size` (H, W): both must be 32k + 1 with k >= 1."""
+  if input_size is None:
+    return None
+  if len(input_size) != 2:
+    raise ValueError(f"--input_size must be H,W; got {list(input_size)}")
+  height, width = (int(v) for v in input_size)
+  for v in (height, width):
+    if v < OUTPUT_STRIDE + 1 or (v - 1) % OUTPUT_STRIDE:
+      raise ValueError(f"--input_size values must be {OUTPUT_STRIDE}k+1 (e.g. 641, 1281), "
+                       f"got {height},{width}")
+  return height, width
+
+
+def prepare_image(image: tf.Tensor, input_size: Optional[Tuple[int, int]] = None):
+  """uint8 [h, w, 3] -> (float32 [1, Hp, Wp, 3] padded model input, int32 [2] size of
+  the (possibly resized) image inside it)."""
+  image = tf.convert_to_tensor(image)
+  tf.debugging.assert_rank(image, 3, message="image must be [height, width, 3]")
+  x = tf.cast(image, tf.float32)
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  if input_size is None:
+    inner = tf.stack([height, width])
+    target = tf.stack([padded_length(height), padded_length(width)])
+  else:
+    scale = tf.minimum(input_size[0] / tf.cast(height, tf.float64),
+                       input_size[1] / tf.cast(width, tf.float64))
+    inner = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float64) * scale),
+                    tf.int32)
+    inner = tf.clip_by_value(inner, 1, tf.constant(input_size, tf.int32))
+    x = tf.image.resize(x, inner, method="bilinear")
+    target = tf.constant(input_size, tf.int32)
+  x = tf.pad(x, [[0, target[0] - inner[0]], [0, target[1] - inner[1]], [0, 0]],
+             constant_values=PAD_VALUE)
+  return x[tf.newaxis], inner
+
+
+def covering_grid(length):
+  """Number of stride-4 grid points (align corners) covering pixels 0..length-1."""
+  return (length - 1 + MASK_STRIDE - 1) // MASK_STRIDE + 1
+
+
+class PanopticPredictor(tf.Module):
+  """Runs model + merger on one uint8 image and returns maps at the image's size.
+
+  Args:
+    model: a built `KMaXDeepLab` (or any keras model with the DESIGN.md outputs).
+    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size)`).
+    label_divisor, ignore_label: from dataset_info.json (pad value of batched maps).
+    input_size: optional (H, W), see the module docstring.
+  """
+
+  def __init__(self, model, merger, label_divisor: int, ignore_label: int,
+               input_size: Optional[Sequence[int]] = None, name=None):
+    super().__init__(name=name)
+    self.model = model
+    self.merger = merger
+    self.label_divisor = int(label_divisor)
+    self.ignore_label = int(ignore_label)
+    self.input_size = check_input_size(input_size)
+
+  @property
+  def void_value(self) -> int:
+    return self.ignore_label * self.label_divisor
+
+  def run_model(self, image):
+    """(model outputs on the padded image, size of the image inside the padding)."""
+    x, inner = prepare_image(image, self.input_size)
+    return self.model(x, training=False), inner
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  def predict_image(self, image) -> Dict[str, tf.Tensor]:
+    """uint8 [h, w, 3] -> {panoptic/semantic/instance: int32 [h, w], segment_ids /
+    segment_classes: int32 [N], segment_scores: float32 [N], num_segments: int32 []}."""
+    outputs, inner = self.run_model(image)
+    grid = covering_grid(inner)
+    cropped = {"class_logits": outputs["class_logits"],
+               "mask_logits": outputs["mask_logits"][:, :grid[0], :grid[1], :]}
+    if "pixel_embeddings" in outputs:
+      cropped["pixel_embeddings"] = outputs["pixel_embeddings"][:, :grid[0], :grid[1], :]
+    merged_size = (grid - 1) * MASK_STRIDE + 1
+    merged = self.merger(cropped, (merged_size[0], merged_size[1]))
+    shape = tf.shape(image)
+    result = {}
+    for key in MAP_KEYS:
+      value = tf.cast(merged[key][0, :inner[0], :inner[1]], tf.int32)
+      if self.input_size is not None:
+        value = tf.image.resize(value[..., tf.newaxis], shape[:2], method="nearest")[..., 0]
+      result[key] = value
+    result["segment_ids"] = tf.cast(merged["segment_ids"][0], tf.int32)
+    result["segment_classes"] = tf.cast(merged["segment_classes"][0], tf.int32)
+    result["segment_scores"] = tf.cast(merged["segment_scores"][0], tf.float32)
+    result["num_segments"] = tf.cast(merged["num_segments"][0], tf.int32)
+    return result
+
+  def _predict_many(self, count, get_image, sizes):
+    """Per-image predictions of `count` images, maps padded (void / 0) to the largest
+    size so they stack into [count, H, W]."""
+    max_size = tf.reduce_max(tf.concat([sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
+    pad_values = {"panoptic": self.void_value, "semantic": self.ignore_label, "instance": 0}
+    keys = MAP_KEYS + SEGMENT_KEYS + ("num_segments",)
+    element_shapes = {"segment_ids": [None], "segment_classes": [None],
+                      "segment_scores": [None], "num_segments": []}
+    arrays = tuple(
+        tf.TensorArray(tf.float32 if k == "segment_scores" else tf.int32, size=count,
+                       element_shape=element_shapes.get(k, [None, None])) for k in keys)
+
+    def body(i, arrays):
+      pred = self.predict_image(get_image(i))
+      pad = [[0, max_size[0] - sizes[i, 0]], [0, max_size[1] - sizes[i, 1]]]
+      written = []
+      for key, array in zip(keys, arrays):
+        value = pred[key]
+        if key in pad_values:
+          value = tf.pad(value, pad, constant_values=pad_values[key])
+        written.append(array.write(i, value))
+      return i + 1, tuple(written)
+
+    _, arrays = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), arrays))
+    result = {k: a.stack() for k, a in zip(keys, arrays)}
+    for k in MAP_KEYS:
+      result[k] = tf.reshape(result[k], [count, max_size[0], max_size[1]])
+    result["num_segments"] = tf.reshape(result["num_segments"], [count])
+    result["image_size"] = sizes
+    return result
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+  def predict_images(self, images):
+    """uint8 [B, H, W, 3] -> maps [B, H, W], segments [B, N], num_segments [B]."""
+    shape = tf.shape(images)
+    sizes = tf.tile(shape[1:3][tf.newaxis], [shape[0], 1])
+    return self._predict_many(shape[0], lambda i: images[i], sizes)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def predict_encoded(self, image_bytes):
+    """JPEG/PNG/BMP/GIF bytes [B] (any sizes) -> maps [B, H_max, W_max] padded with
+    void, plus `image_size` [B, 2] (height, width of each image). Malformed bytes
+    raise InvalidArgumentError."""
+    count = tf.shape(image_bytes)[0]
+
+    def decode(i):
+      return tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8,
+                                expand_animations=False)
+
+    sizes = tf.map_fn(lambda b: tf.shape(tf.io.decode_image(
+        b, channels=3, dtype=tf.uint8, expand_animations=False))[:2], image_bytes,
+                      fn_output_signature=tf.TensorSpec([2], tf.int32))
+    sizes = tf.reshape(sizes, [count, 2])
+    return self._predict_many(count, decode, sizes)

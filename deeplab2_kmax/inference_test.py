@@ -1,0 +1,155 @@
+"""Tests for deeplab2_kmax/inference.py, plus the stand-ins the export / predict tests import.
+
+`tiny_model` is a real (tiny) keras model with the DESIGN.md output contract, and
+`ArgmaxMerger` a simple, exactly-specified merger (align-corners upsampling, argmax over
+masks). They test the inference plumbing independently of the full kMaX model and of
+`MaskWiseMerger`; the tests also run the real ones where they are importable.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+
+D = 256
+IGNORE = 255
+
+
+def tiny_model(num_classes: int = 3, num_masks: int = 6, seed: int = 0) -> keras.Model:
+  """images float32 [B, H, W, 3] in [0, 255] -> class_logits [B, N, C+1], mask_logits
+  [B, ceil(H/4), ceil(W/4), N], pixel_embeddings, cluster_assignments (one per 'layer')."""
+  keras.utils.set_random_seed(seed)
+  images = keras.Input((None, None, 3))
+  x = keras.layers.Rescaling(1 / 127.5, offset=-1)(images)
+  x = keras.layers.Conv2D(8, 5, strides=4, padding="same", activation="gelu")(x)
+  x = keras.layers.Conv2D(8, 3, padding="same", activation="gelu")(x)
+  mask_logits = keras.layers.Conv2D(num_masks, 3, padding="same")(x)
+  pooled = keras.layers.GlobalAveragePooling2D()(x)
+  class_logits = keras.layers.Reshape((num_masks, num_classes + 1))(
+      keras.layers.Dense(num_masks * (num_classes + 1))(pooled))
+  coarse = keras.layers.AveragePooling2D(2, padding="same")(mask_logits)
+  assignments = [keras.ops.cast(keras.ops.argmax(m, axis=-1), "int32")
+                 for m in (coarse, mask_logits)]
+  outputs = {"class_logits": class_logits, "mask_logits": mask_logits,
+             "pixel_embeddings": x, "cluster_assignments": assignments}
+  return keras.Model(images, outputs)
+
+
+class ArgmaxMerger:
+  """Every pixel joins its argmax mask; mask class = argmax over real classes; class 0 is
+  a thing (instance = mask index + 1), the others are stuff. Upsampling: bilinear with
+  aligned corners (the geometry `inference.py` assumes of `MaskWiseMerger`)."""
+
+  def __init__(self, num_classes: int = 3, label_divisor: int = D):
+    self.num_classes = num_classes
+    self.label_divisor = label_divisor
+
+  def __call__(self, outputs, output_size):
+    logits = tf.compat.v1.image.resize(outputs["mask_logits"], output_size,
+                                       align_corners=True)
+    mask_id = tf.cast(tf.argmax(logits, -1), tf.int32)
+    probs = tf.nn.softmax(outputs["class_logits"][..., :self.num_classes])
+    classes = tf.cast(tf.argmax(probs, -1), tf.int32)
+    semantic = tf.gather(classes, mask_id, batch_dims=1)
+    instance = tf.where(semantic == 0, mask_id + 1, 0)
+    n = tf.shape(classes)[1]
+    return {"panoptic": semantic * self.label_divisor + instance, "semantic": semantic,
+            "instance": instance, "segment_ids": classes * self.label_divisor +
+            tf.where(classes == 0, tf.range(n)[tf.newaxis] + 1, 0),
+            "segment_classes": classes, "segment_scores": tf.reduce_max(probs, -1),
+            "num_segments": tf.fill(tf.shape(classes)[:1], n)}
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+  """A smooth random uint8 RGB image (blobs, so predictions have segments)."""
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3)).astype(np.uint8)
+  from PIL import Image
+  return np.asarray(Image.fromarray(small).resize((width, height), Image.BILINEAR))
+
+
+# ----------------------------------------------------------------------------- tests
+import pytest  # noqa: E402
+
+from deeplab2_kmax import inference  # noqa: E402
+
+
+def _predictor(input_size=None):
+  return inference.PanopticPredictor(tiny_model(), ArgmaxMerger(), D, IGNORE,
+                                     input_size=input_size)
+
+
+def test_padded_length():
+  assert [inference.padded_length(n) for n in (1, 33, 34, 64, 65, 66, 641)] == \
+      [33, 33, 65, 65, 65, 97, 641]
+  assert int(inference.padded_length(tf.constant(66))) == 97
+  assert [inference.covering_grid(n) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
+
+
+def test_check_input_size_names_the_flag():
+  assert inference.check_input_size(None) is None
+  assert inference.check_input_size(["641", "513"]) == (641, 513)
+  with pytest.raises(ValueError, match="--input_size"):
+    inference.check_input_size((640, 641))
+  with pytest.raises(ValueError, match="--input_size"):
+    inference.check_input_size((65,))
+
+
+def test_prepare_image_pads_with_mean_pixel():
+  image = random_image(40, 70)
+  x, inner = inference.prepare_image(image)
+  assert x.shape == (1, 65, 97, 3) and list(inner.numpy()) == [40, 70]
+  np.testing.assert_array_equal(x[0, :40, :70].numpy(), image.astype(np.float32))
+  assert np.all(x[0, 40:].numpy() == 127.5) and np.all(x[0, :, 70:].numpy() == 127.5)
+
+
+def test_prepare_image_resizes_to_fit_input_size():
+  x, inner = inference.prepare_image(random_image(100, 50), (65, 97))
+  assert x.shape == (1, 65, 97, 3) and list(inner.numpy()) == [65, 32]
+  assert np.all(x[0, :, 32:].numpy() == 127.5)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (33, 33), (40, 70), (70, 41)])
+def test_predict_image_equals_merging_the_padded_output_then_cropping(size):
+  """Cropping the mask grid before merging changes nothing inside the image (align
+  corners), and the maps come back at the image's own size."""
+  predictor = _predictor()
+  image = random_image(*size, seed=size[0])
+  pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
+  x, _ = inference.prepare_image(image)
+  full = ArgmaxMerger()(predictor.model(x, training=False), x.shape[1:3])
+  for key in inference.MAP_KEYS:
+    assert pred[key].shape == size
+    np.testing.assert_array_equal(pred[key], full[key][0, :size[0], :size[1]].numpy())
+  assert pred["segment_classes"].shape == (6,) and pred["num_segments"] == 6
+
+
+def test_resized_prediction_comes_back_at_original_size():
+  predictor = _predictor(input_size=(65, 65))
+  pred = predictor.predict_image(random_image(130, 90))
+  assert pred["panoptic"].shape == (130, 90)
+
+
+def test_batched_paths_equal_single_image_path():
+  predictor = _predictor()
+  images = [random_image(40, 70, seed=1), random_image(50, 33, seed=2)]
+  singles = [{k: v.numpy() for k, v in predictor.predict_image(im).items()} for im in images]
+  batch = predictor.predict_images(np.stack([images[0], random_image(40, 70, seed=3)]))
+  np.testing.assert_array_equal(batch["panoptic"][0].numpy(), singles[0]["panoptic"])
+  encoded = [tf.io.encode_png(images[0]).numpy(), tf.io.encode_jpeg(images[1]).numpy()]
+  decoded_jpeg = tf.io.decode_jpeg(encoded[1]).numpy()
+  out = predictor.predict_encoded(tf.constant(encoded))
+  assert out["panoptic"].shape == (2, 50, 70)
+  np.testing.assert_array_equal(out["image_size"].numpy(), [[40, 70], [50, 33]])
+  np.testing.assert_array_equal(out["panoptic"][0, :40, :70].numpy(), singles[0]["panoptic"])
+  assert np.all(out["panoptic"][0, 40:].numpy() == IGNORE * D)
+  assert np.all(out["semantic"][0, :, 70:].numpy() == IGNORE)
+  jpeg_pred = predictor.predict_image(decoded_jpeg)
+  np.testing.assert_array_equal(out["panoptic"][1, :, :33].numpy(),
+                                jpeg_pred["panoptic"].numpy())
+  np.testing.assert_array_equal(out["segment_scores"][1].numpy(),
+                                jpeg_pred["segment_scores"].numpy())
+
+
+def test_malformed_bytes_raise_invalid_argument():
+  predictor = _predictor()
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    predictor.predict_encoded(tf.constant([b"not an image"]))
