@@ -1,0 +1,153 @@
+"""tf.data input pipeline: TFRecord shards -> batched (features, labels), see DESIGN.md.
+
+    ds = build_dataset("out/train-*.tfrecord", "out/dataset_info.json", is_training=True,
+                       batch_size=16, crop_size=(641, 641), min_scale=0.5, max_scale=2.0)
+
+* `batch_size` is the GLOBAL batch size; with an `input_context` (from
+  `strategy.distribute_datasets_from_function`) each pipeline batches
+  `input_context.get_per_replica_batch_size(batch_size)` and reads its share of the files
+  (or of the records, when there are fewer files than pipelines).
+* Training: shuffle, repeat, random scale / crop / flip (`data/preprocessing.py`).
+  Eval: one pass in file order, pad (shrink only if larger) to `crop_size` (the eval
+  size), `original_size` kept.
+* Targets: `data/panoptic_targets.py`.
+* Reproducibility: `seed` fixes file order, shuffling and augmentation; `deterministic`
+  sets `tf.data.Options.deterministic` (element order under parallelism).
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Optional, Sequence, Union
+
+import gin
+import tensorflow as tf
+
+from data import preprocessing
+from data import tfrecord_format
+from data.dataset_info import DatasetInfo, as_dataset_info
+from data.panoptic_targets import panoptic_targets
+
+
+def _check_size(crop_size: Sequence[int]) -> tuple[int, int]:
+  crop_size = tuple(int(s) for s in crop_size)
+  if len(crop_size) != 2 or any(s < 5 or (s - 1) % 4 for s in crop_size):
+    raise ValueError(f"crop_size must be two sizes of the form 4k+1 (e.g. 641), got "
+                     f"{crop_size}")
+  return crop_size
+
+
+def _list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
+  patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else file_pattern
+  files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
+  if not files:
+    raise ValueError(f"no TFRecord files match {file_pattern!r}")
+  return files
+
+
+def _make_example_fn(info: DatasetInfo, is_training: bool, crop_size, min_scale, max_scale,
+                     max_segments, small_instance_area, small_instance_weight):
+  void = info.ignore_label * info.label_divisor
+
+  def fn(seed, serialized):
+    ex = tfrecord_format.parse_example(serialized)
+    image, label = ex["image"], ex["panoptic"]
+    original_size = tf.shape(label)[:2]
+    if is_training:
+      s_scale, s_crop = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+      image, label = preprocessing.random_scale(image, label, min_scale, max_scale, s_scale)
+      image, label = preprocessing.random_crop_and_flip(image, label, crop_size, void, s_crop)
+    else:
+      image, label = preprocessing.resize_to_fit_and_pad(image, label, crop_size, void)
+    labels = panoptic_targets(label, info.num_classes, info.thing_train_ids,
+                              info.label_divisor, info.ignore_label, max_segments,
+                              small_instance_area=small_instance_area,
+                              small_instance_weight=small_instance_weight)
+    labels["panoptic"] = label
+    labels["original_size"] = tf.cast(original_size, tf.int32)
+    labels["image_id"] = ex["image_id"]
+    return {"image": image}, labels
+
+  return fn
+
+
+@gin.configurable(denylist=["file_pattern", "dataset_info", "is_training", "input_context"])
+def build_dataset(file_pattern: Union[str, Sequence[str]],
+                  dataset_info: Union[DatasetInfo, str],
+                  is_training: bool,
+                  batch_size: int,
+                  crop_size: Sequence[int] = (641, 641),
+                  min_scale: float = 0.5,
+                  max_scale: float = 2.0,
+                  max_segments: int = 128,
+                  small_instance_area: int = 0,
+                  small_instance_weight: float = 1.0,
+                  shuffle_buffer_size: int = 256,
+                  seed: Optional[int] = None,
+                  deterministic: Optional[bool] = None,
+                  drop_remainder: Optional[bool] = None,
+                  repeat: Optional[bool] = None,
+                  cycle_length: int = 4,
+                  num_parallel_calls: int = tf.data.AUTOTUNE,
+                  prefetch_size: int = tf.data.AUTOTUNE,
+                  input_context: Optional[tf.distribute.InputContext] = None
+                  ) -> tf.data.Dataset:
+  """Returns a dataset of (features, labels) batches; see the module docstring.
+
+  `dataset_info` is a DatasetInfo or the path of dataset_info.json (or its folder).
+  `crop_size` is the training crop or the eval size, each 4k+1 (ideally 32k+1).
+  `drop_remainder` / `repeat` default to True for training, False for eval.
+  `deterministic` None keeps tf.data's default (deterministic).
+  """
+  info = as_dataset_info(dataset_info)
+  crop_size = _check_size(crop_size)
+  if not 0 < min_scale <= max_scale:
+    raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+  drop_remainder = is_training if drop_remainder is None else drop_remainder
+  repeat = is_training if repeat is None else repeat
+  num_pipelines, pipeline_id = 1, 0
+  if input_context is not None:
+    num_pipelines = input_context.num_input_pipelines
+    pipeline_id = input_context.input_pipeline_id
+    batch_size = input_context.get_per_replica_batch_size(batch_size)
+  base_seed = seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
+
+  files = _list_files(file_pattern)
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  shard_files = len(files) >= num_pipelines
+  if shard_files and num_pipelines > 1:
+    ds = ds.shard(num_pipelines, pipeline_id)
+  if is_training:
+    ds = ds.shuffle(len(files), seed=base_seed, reshuffle_each_iteration=True)
+    ds = ds.repeat() if repeat else ds
+  ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=cycle_length,
+                     num_parallel_calls=tf.data.AUTOTUNE if is_training else None,
+                     deterministic=deterministic)
+  if not shard_files and num_pipelines > 1:
+    ds = ds.shard(num_pipelines, pipeline_id)
+  if is_training:
+    ds = ds.shuffle(shuffle_buffer_size, seed=base_seed + 1)
+  elif repeat:
+    ds = ds.repeat()
+  # Per-element stateless seeds: [base seed, element index * pipelines + pipeline id].
+  ds = ds.enumerate().map(
+      lambda i, x: (tf.stack([tf.cast(base_seed, tf.int64), i * num_pipelines + pipeline_id]),
+                    x))
+  example_fn = _make_example_fn(info, is_training, crop_size, min_scale, max_scale,
+                                max_segments, small_instance_area, small_instance_weight)
+  ds = ds.map(example_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.prefetch(prefetch_size)
+  options = tf.data.Options()
+  if deterministic is not None:
+    options.deterministic = deterministic
+  return ds.with_options(options)
+
+
+def dataset_fn_for_strategy(file_pattern, dataset_info, is_training: bool, batch_size: int,
+                            **kwargs):
+  """A `dataset_fn(input_context)` for `strategy.distribute_datasets_from_function`."""
+  def dataset_fn(input_context):
+    return build_dataset(file_pattern, dataset_info, is_training, batch_size,
+                         input_context=input_context, **kwargs)
+  return dataset_fn
