@@ -1,0 +1,231 @@
+"""Vectorized mask-wise merging (KMAX.md §4; deeplab2 `post_processor/max_deeplab.py`).
+
+deeplab2 pastes the N binary masks onto a canvas one by one (a loop doing O(H·W) work per
+mask). We compute exactly the same result with O(H·W) work done once:
+
+* binary mask n = {pixels whose softmax-over-masks probability > pixel_confidence}. With
+  pixel_confidence >= 1/3 a pixel lies in at most two binary masks (three probabilities
+  > 1/3 cannot sum to 1), so the top-2 probabilities of each pixel describe all masks.
+* mask n's not-yet-painted area when it is reached is |m_n| - sum over earlier kept masks
+  j of |m_n ∩ m_j| (no pixel of m_n is counted twice: it has at most one other mask). So
+  the sequential keep decisions only need the N x N pairwise-overlap matrix, built with
+  one scatter-add over the pixels covered by two masks. The decisions keep_k =
+  confident_k & (area_k - sum_{j<k} keep_j O_jk > overlap·area_k) are solved by a
+  fixed-point iteration on N-vectors (iteration i fixes the first i masks, and the
+  unique fixed point is the sequential answer); it usually stops after a few steps.
+* each pixel belongs to the first kept mask (in score order) among its <= 2 masks.
+* area filters as deeplab2: thing segments by their painted area, stuff by the painted
+  area of all segments of the class (stuff masks of one class merge into one segment).
+
+Output encoding (docs/DESIGN.md): panoptic = semantic·label_divisor + instance; thing
+instance = 1 + the mask's position in the score order (deeplab2 numbering), stuff 0,
+unassigned pixels ignore_label·label_divisor.
+"""
+
+from typing import Dict, Optional, Sequence
+
+import gin
+import tensorflow as tf
+
+
+def upsample_mask_logits(mask_logits: tf.Tensor, output_size) -> tf.Tensor:
+  """Bilinear, align-corners resize of [B, Hs, Ws, N] logits to output_size (H, W)."""
+  return tf.compat.v1.image.resize_bilinear(mask_logits, output_size, align_corners=True)
+
+
+def _scatter_add(values, segment_ids, num_segments):
+  return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
+
+
+@gin.configurable
+class MaskWiseMerger:
+  """Model outputs -> panoptic maps + per-segment info, all masks at once.
+
+  Call: `merger(outputs, output_size, original_size=None)`
+    outputs: dict with "class_logits" [B, N, C+1] (void last) and "mask_logits"
+      [B, Hs, Ws, N] (stride 4).
+    output_size: (H, W) the mask logits are upsampled to (the padded input size,
+      4(Hs-1)+1 for 4k+1 inputs).
+    original_size: optional (h, w) <= (H, W): the maps are cropped to it BEFORE merging,
+      so padding never counts toward mask scores or areas.
+  Returns a dict: "panoptic", "semantic", "instance" int32 [B, h, w]; "segment_ids",
+  "segment_classes" int32 [B, N] (panoptic value and train id of each segment, -1 after
+  num_segments); "segment_scores" float32 [B, N] (class prob × mask score of the
+  segment's first mask); "segment_areas" int32 [B, N]; "segment_is_thing" bool [B, N];
+  "num_segments" int32 [B]. Segments are listed in score order.
+  """
+
+  def __init__(self, thing_train_ids: Sequence[int], label_divisor: int,
+               ignore_label: int, thing_threshold: float = 0.7,
+               stuff_threshold: float = 0.5, pixel_confidence: float = 0.4,
+               overlap_threshold: float = 0.8, thing_area_limit: int = 400,
+               stuff_area_limit: int = 6400, reorder_class_weight: float = 1.0,
+               reorder_mask_weight: float = 1.0):
+    if pixel_confidence < 1.0 / 3.0:
+      raise ValueError(f"pixel_confidence={pixel_confidence}: the vectorized merge needs "
+                       ">= 1/3 (at most two masks per pixel); deeplab2 configs use 0.4")
+    self.thing_train_ids = [int(t) for t in thing_train_ids]
+    self.label_divisor = int(label_divisor)
+    self.ignore_label = int(ignore_label)
+    self.thing_threshold = float(thing_threshold)
+    self.stuff_threshold = float(stuff_threshold)
+    self.pixel_confidence = float(pixel_confidence)
+    self.overlap_threshold = float(overlap_threshold)
+    self.thing_area_limit = int(thing_area_limit)
+    self.stuff_area_limit = int(stuff_area_limit)
+    self.reorder_class_weight = float(reorder_class_weight)
+    self.reorder_mask_weight = float(reorder_mask_weight)
+
+  def get_config(self) -> Dict:
+    return dict(thing_train_ids=self.thing_train_ids, label_divisor=self.label_divisor,
+                ignore_label=self.ignore_label, thing_threshold=self.thing_threshold,
+                stuff_threshold=self.stuff_threshold,
+                pixel_confidence=self.pixel_confidence,
+                overlap_threshold=self.overlap_threshold,
+                thing_area_limit=self.thing_area_limit,
+                stuff_area_limit=self.stuff_area_limit,
+                reorder_class_weight=self.reorder_class_weight,
+                reorder_mask_weight=self.reorder_mask_weight)
+
+  # ------------------------------------------------------------------ mask classes
+  def classify(self, class_logits: tf.Tensor):
+    """-> (class [B, N] int32, class prob [B, N], is_thing [B, N], confident [B, N])."""
+    num_classes = class_logits.shape[-1] - 1
+    probs = tf.nn.softmax(tf.cast(class_logits, tf.float32), axis=-1)[..., :-1]
+    cls = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    conf = tf.reduce_max(probs, axis=-1)
+    thing_lut = tf.scatter_nd(
+        tf.constant([[t] for t in self.thing_train_ids], tf.int32, shape=[
+            len(self.thing_train_ids), 1]),
+        tf.ones([len(self.thing_train_ids)], tf.bool), [num_classes])
+    is_thing = tf.gather(thing_lut, cls)
+    confident = tf.where(is_thing, conf >= self.thing_threshold,
+                         conf >= self.stuff_threshold)
+    return cls, conf, is_thing, confident
+
+  # ------------------------------------------------------------------ main
+  def __call__(self, outputs: Dict[str, tf.Tensor], output_size=None,
+               original_size: Optional[Sequence] = None) -> Dict[str, tf.Tensor]:
+    class_logits = outputs["class_logits"]
+    mask_logits = tf.cast(outputs["mask_logits"], tf.float32)
+    num_masks = mask_logits.shape[-1]
+    num_classes = class_logits.shape[-1] - 1
+    if num_masks is None or num_classes is None:
+      raise ValueError("the number of masks and classes must be static")
+    if num_masks >= self.label_divisor:
+      raise ValueError(f"{num_masks} masks need instance ids up to {num_masks}, which "
+                       f"must stay below label_divisor={self.label_divisor}")
+    if output_size is None:
+      shape = tf.shape(mask_logits)
+      output_size = (4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1)
+    logits = upsample_mask_logits(mask_logits, output_size)
+    if original_size is not None:
+      logits = logits[:, :original_size[0], :original_size[1], :]
+    cls, conf, is_thing, confident = self.classify(class_logits)
+
+    shape = tf.shape(logits)
+    batch, height, width = shape[0], shape[1], shape[2]
+    n = num_masks
+    # Top-2 masks of each pixel and their softmax probabilities.
+    top_logits, top_idx = tf.math.top_k(logits, k=2, sorted=True)
+    lse = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
+    top_prob = tf.exp(top_logits - lse)  # [B, H, W, 2]
+    covered = top_prob > self.pixel_confidence
+    batch_offset = tf.range(batch, dtype=tf.int32)[:, None, None, None] * n
+    seg = top_idx + batch_offset  # [B, H, W, 2] ids into B*N
+    covered_f = tf.cast(covered, tf.float32)
+    area = tf.reshape(_scatter_add(covered_f, seg, batch * n), [batch, n])
+    prob_sum = tf.reshape(_scatter_add(top_prob * covered_f, seg, batch * n), [batch, n])
+    mask_score = tf.math.divide_no_nan(prob_sum, area)
+    # Pairwise overlaps: pixels covered by both top masks.
+    both = covered[..., 1]
+    pair_id = (tf.range(batch, dtype=tf.int32)[:, None, None] * n * n
+               + top_idx[..., 0] * n + top_idx[..., 1])
+    overlap = tf.reshape(
+        _scatter_add(tf.cast(both, tf.float32), pair_id, batch * n * n), [batch, n, n])
+    overlap = overlap + tf.transpose(overlap, [0, 2, 1])
+
+    # Score order (stable, descending) as deeplab2.
+    order_score = (tf.pow(conf, self.reorder_class_weight)
+                   * tf.pow(mask_score, self.reorder_mask_weight))
+    order = tf.argsort(order_score, axis=-1, direction="DESCENDING", stable=True)
+    rank = tf.argsort(order, axis=-1, stable=True)  # position of each mask
+    area_s = tf.gather(area, order, batch_dims=1)
+    conf_ok_s = tf.gather(confident, order, batch_dims=1)
+    overlap_s = tf.gather(tf.gather(overlap, order, axis=1, batch_dims=1), order, axis=2,
+                          batch_dims=1)
+    earlier = tf.linalg.band_part(tf.ones([n, n]), 0, -1) - tf.eye(n)  # j < k
+    overlap_s = overlap_s * earlier
+    limit = area_s * self.overlap_threshold
+
+    def step(keep):
+      taken = tf.einsum("bj,bjk->bk", tf.cast(keep, tf.float32), overlap_s)
+      return conf_ok_s & (area_s - taken > limit)
+
+    def body(i, keep, _):
+      new = step(keep)
+      return i + 1, new, tf.reduce_any(tf.not_equal(new, keep))
+
+    _, keep_s, _ = tf.while_loop(lambda i, k, changed: changed & (i <= n), body,
+                                 (tf.constant(0), conf_ok_s, tf.constant(True)))
+    keep = tf.gather(keep_s, rank, batch_dims=1)  # back to mask order
+
+    # Owner of each pixel: the earliest kept mask among its (<= 2) covering masks.
+    keep_pix = tf.gather(keep, top_idx, batch_dims=1) & covered  # [B, H, W, 2]
+    rank_pix = tf.gather(rank, top_idx, batch_dims=1)
+    owner_rank = tf.reduce_min(tf.where(keep_pix, rank_pix, n), axis=-1)  # n = none
+    # Painted areas per mask (in rank space), then deeplab2's area filters.
+    owner_flat = owner_rank + tf.range(batch, dtype=tf.int32)[:, None, None] * (n + 1)
+    painted_s = tf.reshape(
+        _scatter_add(tf.ones_like(owner_rank, tf.float32), owner_flat, batch * (n + 1)),
+        [batch, n + 1])[:, :n]
+    cls_s = tf.gather(cls, order, batch_dims=1)
+    thing_s = tf.gather(is_thing, order, batch_dims=1)
+    stuff_kept = keep_s & ~thing_s
+    class_id = cls_s + tf.range(batch, dtype=tf.int32)[:, None] * num_classes
+    class_area = tf.reshape(
+        _scatter_add(tf.where(stuff_kept, painted_s, 0.0), class_id, batch * num_classes),
+        [batch, num_classes])
+    stuff_area_s = tf.gather(class_area, cls_s, batch_dims=1)
+    final_s = keep_s & tf.where(thing_s, painted_s >= self.thing_area_limit,
+                                stuff_area_s >= self.stuff_area_limit)
+
+    ranks = tf.range(n, dtype=tf.int32)[None, :]
+    void_value = self.ignore_label * self.label_divisor
+    value_s = cls_s * self.label_divisor + tf.where(thing_s, ranks + 1, 0)
+    value_s = tf.where(final_s, value_s, void_value)
+    table = tf.concat([value_s, tf.fill([batch, 1], void_value)], axis=1)
+    panoptic = tf.gather(table, owner_rank, batch_dims=1)
+    semantic = panoptic // self.label_divisor
+    instance = panoptic % self.label_divisor
+
+    # Segment list: kept things, and the first kept mask of each stuff class.
+    first_rank = tf.math.unsorted_segment_min(
+        tf.where(final_s & ~thing_s, tf.broadcast_to(ranks, tf.shape(cls_s)), n),
+        class_id, batch * num_classes)
+    first_rank = tf.gather(tf.reshape(first_rank, [batch, num_classes]), cls_s,
+                           batch_dims=1)
+    is_segment = final_s & (thing_s | tf.equal(first_rank, ranks))
+    seg_area = tf.where(thing_s, painted_s, stuff_area_s)
+    slot = tf.cumsum(tf.cast(is_segment, tf.int32), axis=1, exclusive=True)
+    slot = tf.where(is_segment, slot, n)  # dropped entries go to a spill slot
+    idx = tf.stack([tf.broadcast_to(tf.range(batch)[:, None], tf.shape(slot)), slot], -1)
+
+    def compact(values, fill):
+      base = tf.fill([batch, n + 1], tf.cast(fill, values.dtype))
+      return tf.tensor_scatter_nd_update(base, idx, values)[:, :n]
+
+    scores_s = tf.gather(order_score, order, batch_dims=1)
+    num_segments = tf.reduce_sum(tf.cast(is_segment, tf.int32), axis=1)
+    valid = ranks < num_segments[:, None]
+    return {
+        "panoptic": panoptic,
+        "semantic": semantic,
+        "instance": instance,
+        "segment_ids": tf.where(valid, compact(value_s, -1), -1),
+        "segment_classes": tf.where(valid, compact(cls_s, -1), -1),
+        "segment_scores": tf.where(valid, compact(scores_s, 0.0), 0.0),
+        "segment_areas": tf.where(valid, compact(tf.cast(seg_area, tf.int32), 0), 0),
+        "segment_is_thing": valid & compact(thing_s, False),
+        "num_segments": num_segments,
+    }

@@ -1,0 +1,185 @@
+"""MaskWiseMerger against a numpy reference that paints masks one by one (deeplab2)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax.post_processing import MaskWiseMerger, upsample_mask_logits
+
+
+def _softmax(x, axis=-1):
+  x = x - x.max(axis=axis, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def reference_merge(class_logits, logits, thing_ids, divisor, ignore, t_thing, t_stuff,
+                    pixel_conf, overlap, thing_area, stuff_area):
+  """deeplab2's sequential mask-wise merging for one image. logits: [H, W, N] upsampled."""
+  num_classes = class_logits.shape[-1] - 1
+  probs = _softmax(class_logits.astype(np.float64))[:, :-1]
+  cls = probs.argmax(-1)
+  conf = probs.max(-1)
+  is_thing = np.isin(cls, thing_ids)
+  confident = np.where(is_thing, conf >= t_thing, conf >= t_stuff)
+  p = _softmax(logits.astype(np.float32))
+  binary = p > pixel_conf
+  area = binary.sum((0, 1))
+  score = np.where(area > 0, (p * binary).sum((0, 1)) / np.maximum(area, 1), 0.0)
+  order = np.argsort(-(conf * score), kind="stable")
+  canvas = np.zeros(logits.shape[:2], np.int64)  # position + 1 of the painting mask
+  stats = {"kept": 0, "rejected_overlap": 0}
+  for pos, m in enumerate(order):
+    mask = binary[..., m]
+    new = mask & (canvas == 0)
+    if not confident[m]:
+      continue
+    if np.float32(new.sum()) > np.float32(mask.sum()) * np.float32(overlap):
+      canvas[new] = pos + 1
+      stats["kept"] += 1
+    elif mask.sum() > 0:
+      stats["rejected_overlap"] += 1
+  sem = np.full(canvas.shape, -1)
+  painted = canvas > 0
+  sem[painted] = cls[order[canvas[painted] - 1]]
+  thing_px = painted & np.isin(sem, thing_ids)
+  stuff_px = painted & ~thing_px
+  out = np.full(canvas.shape, ignore * divisor, np.int64)
+  for pos in np.unique(canvas[thing_px]):
+    region = thing_px & (canvas == pos)
+    if region.sum() >= thing_area:
+      out[region] = sem[region][0] * divisor + pos
+  for c in range(num_classes):
+    region = stuff_px & (sem == c)
+    if region.any() and region.sum() >= stuff_area:
+      out[region] = c * divisor
+  return out, stats
+
+
+def _random_case(rng, n=12, num_classes=5, hs=17, ws=13, dup=3):
+  """Smooth random mask logits with some near-duplicate masks (forces overlaps)."""
+  coarse = rng.normal(size=(1, hs // 4 + 2, ws // 4 + 2, n)).astype(np.float32) * 4.0
+  mask_logits = tf.image.resize(coarse, (hs, ws), method="bicubic").numpy()
+  for k in range(dup):  # mask n-1-k nearly copies mask k
+    mask_logits[..., n - 1 - k] = mask_logits[..., k] + rng.normal(
+        scale=0.3, size=(1, hs, ws)).astype(np.float32)
+  mask_logits += rng.normal(scale=0.5, size=mask_logits.shape).astype(np.float32)
+  class_logits = (rng.normal(size=(1, n, num_classes + 1)) * 3.0).astype(np.float32)
+  return class_logits, mask_logits
+
+
+def _compare(merger, class_logits, mask_logits, original_size=None):
+  out_size = (4 * (mask_logits.shape[1] - 1) + 1, 4 * (mask_logits.shape[2] - 1) + 1)
+  got = merger({"class_logits": tf.constant(class_logits),
+                "mask_logits": tf.constant(mask_logits)}, out_size, original_size)
+  up = upsample_mask_logits(tf.constant(mask_logits), out_size).numpy()
+  stats_all = []
+  for b in range(class_logits.shape[0]):
+    logits = up[b]
+    if original_size is not None:
+      logits = logits[:original_size[0], :original_size[1]]
+    want, stats = reference_merge(
+        class_logits[b], logits, merger.thing_train_ids, merger.label_divisor,
+        merger.ignore_label, merger.thing_threshold, merger.stuff_threshold,
+        merger.pixel_confidence, merger.overlap_threshold, merger.thing_area_limit,
+        merger.stuff_area_limit)
+    np.testing.assert_array_equal(got["panoptic"][b].numpy(), want)
+    stats_all.append(stats)
+  return got, stats_all
+
+
+def test_matches_sequential_reference_on_random_logits():
+  rng = np.random.default_rng(1)
+  merger = MaskWiseMerger(thing_train_ids=[0, 1, 2], label_divisor=256, ignore_label=255,
+                          thing_threshold=0.5, stuff_threshold=0.4, thing_area_limit=20,
+                          stuff_area_limit=60)
+  kept = rejected = 0
+  for _ in range(25):
+    class_logits, mask_logits = _random_case(rng)
+    _, stats = _compare(merger, class_logits, mask_logits)
+    kept += stats[0]["kept"]
+    rejected += stats[0]["rejected_overlap"]
+  # The cases must exercise both painting and overlap rejections.
+  assert kept > 50 and rejected > 5, (kept, rejected)
+
+
+def test_matches_reference_batched_cropped_and_cityscapes_thresholds():
+  rng = np.random.default_rng(2)
+  merger = MaskWiseMerger(thing_train_ids=[1, 3], label_divisor=1000, ignore_label=255,
+                          thing_threshold=0.5, stuff_threshold=0.3, overlap_threshold=0.9,
+                          thing_area_limit=16, stuff_area_limit=64)
+  cases = [_random_case(rng, n=16, hs=21, ws=17) for _ in range(3)]
+  class_logits = np.concatenate([c[0] for c in cases])
+  mask_logits = np.concatenate([c[1] for c in cases])
+  got, _ = _compare(merger, class_logits, mask_logits, original_size=(70, 61))
+  assert got["panoptic"].shape == (3, 70, 61)
+
+
+def test_default_coco_thresholds_and_segment_info():
+  rng = np.random.default_rng(3)
+  merger = MaskWiseMerger(thing_train_ids=[0, 1], label_divisor=256, ignore_label=255)
+  class_logits, mask_logits = _random_case(rng, n=10, num_classes=4, hs=41, ws=45, dup=2)
+  class_logits[0, :, :-1] *= 3.0  # make most masks confident
+  got, _ = _compare(merger, class_logits, mask_logits)
+  pan = got["panoptic"][0].numpy()
+  num = int(got["num_segments"][0])
+  ids = got["segment_ids"][0].numpy()
+  values, counts = np.unique(pan[pan != 255 * 256], return_counts=True)
+  assert num == len(values) > 0
+  np.testing.assert_array_equal(np.sort(ids[:num]), values)
+  assert (ids[num:] == -1).all()
+  areas = dict(zip(values.tolist(), counts.tolist()))
+  for k in range(num):
+    sid = int(ids[k])
+    assert int(got["segment_areas"][0, k]) == areas[sid]
+    assert int(got["segment_classes"][0, k]) == sid // 256
+    assert bool(got["segment_is_thing"][0, k]) == (sid // 256 in (0, 1))
+    assert 0.0 < float(got["segment_scores"][0, k]) <= 1.0
+  scores = got["segment_scores"][0, :num].numpy()
+  assert (np.diff(scores) <= 0).all()  # score order
+  np.testing.assert_array_equal(got["semantic"][0].numpy(), pan // 256)
+  np.testing.assert_array_equal(got["instance"][0].numpy(), pan % 256)
+
+
+def test_nothing_confident_gives_all_void():
+  merger = MaskWiseMerger(thing_train_ids=[0], label_divisor=256, ignore_label=255)
+  class_logits = np.zeros((1, 4, 3), np.float32)
+  class_logits[..., -1] = 10.0  # everything void
+  mask_logits = np.random.default_rng(0).normal(size=(1, 5, 5, 4)).astype(np.float32)
+  got = merger({"class_logits": class_logits, "mask_logits": mask_logits}, (17, 17))
+  assert (got["panoptic"].numpy() == 255 * 256).all()
+  assert int(got["num_segments"][0]) == 0
+  assert (got["segment_ids"].numpy() == -1).all()
+
+
+def test_runs_in_tf_function_and_saved_model(tmp_path):
+  merger = MaskWiseMerger(thing_train_ids=[0, 1], label_divisor=256, ignore_label=255,
+                          thing_area_limit=4, stuff_area_limit=16)
+  rng = np.random.default_rng(4)
+  class_logits, mask_logits = _random_case(rng, n=8, num_classes=3, hs=9, ws=9, dup=1)
+
+  class Exported(tf.Module):
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8, 4], tf.float32),
+                                  tf.TensorSpec([None, None, None, 8], tf.float32),
+                                  tf.TensorSpec([2], tf.int32)])
+    def merge(self, c, m, size):
+      out = merger({"class_logits": c, "mask_logits": m}, (size[0], size[1]))
+      return {"panoptic": out["panoptic"], "num_segments": out["num_segments"]}
+
+  module = Exported()
+  eager = merger({"class_logits": class_logits, "mask_logits": mask_logits}, (33, 33))
+  tf.saved_model.save(module, str(tmp_path / "sm"))
+  loaded = tf.saved_model.load(str(tmp_path / "sm"))
+  got = loaded.merge(class_logits, mask_logits, tf.constant([33, 33]))
+  np.testing.assert_array_equal(got["panoptic"].numpy(), eager["panoptic"].numpy())
+  np.testing.assert_array_equal(got["num_segments"].numpy(), eager["num_segments"].numpy())
+
+
+def test_rejects_too_low_pixel_confidence_and_too_many_masks():
+  with pytest.raises(ValueError, match="pixel_confidence"):
+    MaskWiseMerger([0], 256, 255, pixel_confidence=0.2)
+  merger = MaskWiseMerger([0], 8, 255)
+  with pytest.raises(ValueError, match="label_divisor"):
+    merger({"class_logits": np.zeros((1, 8, 3), np.float32),
+            "mask_logits": np.zeros((1, 3, 3, 8), np.float32)}, (9, 9))
