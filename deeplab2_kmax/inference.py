@@ -188,3 +188,57 @@ class PanopticPredictor(tf.Module):
                       fn_output_signature=tf.TensorSpec([2], tf.int32))
     sizes = tf.reshape(sizes, [count, 2])
     return self._predict_many(count, decode, sizes)
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+  """A checkpoint prefix (`model_dir/ckpt-300`) or a model_dir (its latest checkpoint)."""
+  if not checkpoint:
+    raise ValueError("--checkpoint is required (a prefix such as model_dir/ckpt-300)")
+  if tf.io.gfile.isdir(checkpoint):
+    latest = tf.train.latest_checkpoint(checkpoint)
+    if latest is None:
+      raise ValueError(f"--checkpoint={checkpoint}: directory holds no checkpoint")
+    return latest
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise ValueError(f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index "
+                     "is missing); pass a prefix such as model_dir/ckpt-300")
+  return checkpoint
+
+
+def restore_model(model, checkpoint: str, dummy_size: int = 65):
+  """Builds the model's variables on a dummy image, then restores `checkpoint` and
+  checks that every model variable received a value."""
+  model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
+  prefix = resolve_checkpoint(checkpoint)
+  status = tf.train.Checkpoint(model=model).restore(prefix)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise ValueError(f"--checkpoint={prefix} does not match the model built from the "
+                     f"gin config: {str(e)[:500]}") from e
+  status.expect_partial()
+  return prefix
+
+
+def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkpoint: str,
+                   dataset_info, input_size=None) -> "PanopticPredictor":
+  """gin config + checkpoint + dataset_info.json -> a restored PanopticPredictor (the
+  Python path every CLI shares)."""
+  import gin
+  from data.dataset_info import as_dataset_info
+  from deeplab2_kmax.model import build_model
+  from deeplab2_kmax.post_processing import MaskWiseMerger
+
+  if not gin_files:
+    raise ValueError("--gin_file is required (the config the checkpoint was trained with)")
+  for path in gin_files:
+    if not tf.io.gfile.exists(path):
+      raise ValueError(f"--gin_file={path}: no such file")
+  info = as_dataset_info(dataset_info)
+  gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings or []))
+  model = build_model(num_classes=info.num_classes)
+  restore_model(model, checkpoint)
+  merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
+                          label_divisor=info.label_divisor, ignore_label=info.ignore_label)
+  return PanopticPredictor(model, merger, info.label_divisor, info.ignore_label,
+                           input_size=input_size)

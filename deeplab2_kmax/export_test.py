@@ -1,0 +1,140 @@
+"""Export -> load in a process where the project is NOT importable -> outputs equal the
+Python path (`PanopticPredictor.predict_image`) pixel for pixel."""
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data.dataset_info import DatasetInfo
+from deeplab2_kmax import export, inference
+from deeplab2_kmax.inference_test import D, IGNORE, ArgmaxMerger, random_image, tiny_model
+
+SIZES = [(33, 33), (40, 70), (71, 45), (97, 130)]
+
+# Runs in a bare interpreter: -I (no user site, no PYTHONPATH, no cwd), -S (no site
+# module, so the editable-install .pth hook that would make the repo importable never
+# runs); only the venv's site-packages (TensorFlow) is put on sys.path.
+CLIENT = r"""
+import importlib, json, sys
+sys.path[:0] = json.loads(sys.argv[1])
+for name in ("deeplab2_kmax", "data.dataset_info", "evaluation", "trainer"):
+  try:
+    importlib.import_module(name)
+  except ImportError:
+    continue
+  raise SystemExit(f"project module {name} is importable in the isolated process")
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[2])
+inputs = np.load(sys.argv[3])
+out = {}
+for i, key in enumerate(sorted(k for k in inputs.files if k.startswith("png"))):
+  res = model.signatures["serving_default"](image_bytes=tf.constant([inputs[key].tobytes()]))
+  for name, value in res.items():
+    out[f"bytes{i}_{name}"] = value.numpy()
+  image = tf.io.decode_png(inputs[key].tobytes())
+  res = model.signatures["serve_images"](images=image[tf.newaxis])
+  for name, value in res.items():
+    out[f"images{i}_{name}"] = value.numpy()
+mixed = model.signatures["serving_default"](image_bytes=tf.constant(
+    [inputs[k].tobytes() for k in sorted(k for k in inputs.files if k.startswith("png"))]))
+for name, value in mixed.items():
+  out[f"mixed_{name}"] = value.numpy()
+try:
+  model.signatures["serving_default"](image_bytes=tf.constant([b"\x89PNG garbage"]))
+  out["malformed"] = np.array("no error")
+except tf.errors.InvalidArgumentError as e:
+  out["malformed"] = np.array("InvalidArgumentError")
+meta = {"label_divisor": int(model.label_divisor.numpy()),
+        "category_names": [n.decode() for n in model.category_names.numpy()],
+        "category_ids": model.category_ids.numpy().tolist(),
+        "asset": open(model.dataset_info.asset_path.numpy().decode()).read()}
+out["meta"] = np.array(json.dumps(meta))
+np.savez(sys.argv[4], **out)
+"""
+
+
+def _info():
+  return DatasetInfo.from_coco_categories(
+      "toy", [{"id": 5, "name": "person", "isthing": 1}, {"id": 7, "name": "sky"},
+              {"id": 9, "name": "road"}], label_divisor=D, ignore_label=IGNORE)
+
+
+def _isolated_python(args, cwd):
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+  return subprocess.run([sys.executable, "-I", "-S", "-c", CLIENT, json.dumps(paths)] + args,
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  base = tmp_path_factory.mktemp("export")
+  predictor = inference.PanopticPredictor(tiny_model(), ArgmaxMerger(), D, IGNORE)
+  path = export.export_saved_model(predictor, _info(), str(base / "serving"))
+  return predictor, path, base
+
+
+def test_version_folders(exported, tmp_path):
+  _, path, base = exported
+  assert path == str(base / "serving" / "1")
+  assert export.next_version(str(base / "serving")) == 2
+  assert export.resolve_saved_model(str(base / "serving")) == path
+  assert os.listdir(base / "serving") == ["1"]  # no staging leftovers
+  with pytest.raises(ValueError, match="already exists"):
+    export.export_saved_model(exported[0], _info(), str(base / "serving"), version=1)
+  with pytest.raises(ValueError, match="--saved_model"):
+    export.resolve_saved_model(str(tmp_path))
+
+
+def test_isolated_load_equals_python_path(exported, tmp_path):
+  predictor, path, _ = exported
+  images = [random_image(h, w, seed=h + w) for h, w in SIZES]
+  np.savez(tmp_path / "in.npz",
+           **{f"png{i}": np.frombuffer(tf.io.encode_png(im).numpy(), np.uint8)
+              for i, im in enumerate(images)})
+  proc = _isolated_python([path, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          cwd=str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = np.load(tmp_path / "out.npz")
+  for i, image in enumerate(images):
+    want = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
+    for sig in ("bytes", "images"):
+      for key, name in export.OUTPUT_NAMES.items():
+        if key == "image_size":
+          np.testing.assert_array_equal(out[f"{sig}{i}_{name}"], [image.shape[:2]])
+          continue
+        np.testing.assert_array_equal(out[f"{sig}{i}_{name}"][0], want[key],
+                                      err_msg=f"{sig} {name} size {image.shape}")
+    h, w = image.shape[:2]
+    np.testing.assert_array_equal(out[f"mixed_panoptic_map"][i, :h, :w], want["panoptic"])
+    assert np.all(out["mixed_panoptic_map"][i, h:] == IGNORE * D)
+  assert out["mixed_panoptic_map"].shape == (4, 97, 130)
+  assert str(out["malformed"]) == "InvalidArgumentError"
+  meta = json.loads(str(out["meta"]))
+  assert meta["label_divisor"] == D and meta["category_names"] == ["person", "sky", "road"]
+  assert meta["category_ids"] == [5, 7, 9]
+  assert json.loads(meta["asset"])["categories"][0]["name"] == "person"
+
+
+def test_saved_model_cli_lists_signatures(exported):
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  proc = subprocess.run([cli, "show", "--all", "--dir", exported[1]], capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for text in ("signature_def['serving_default']", "signature_def['serve_images']",
+               "inputs['image_bytes']", "inputs['images']", "outputs['panoptic_map']",
+               "outputs['num_segments']", "DT_UINT8", "DT_STRING"):
+    assert text in proc.stdout
+
+
+def test_parse_input_size():
+  assert export.parse_input_size("") is None
+  assert export.parse_input_size("641,513") == (641, 513)
+  with pytest.raises(ValueError, match="--input_size"):
+    export.parse_input_size("641x513")
