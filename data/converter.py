@@ -128,7 +128,7 @@ def write_shards(tasks: Sequence[ExampleTask], spec: LabelSpec, output_dir: str,
             data, fmt, height, width, image_id, file_name, label_png = next(stream)
             example = tfrecord_format.make_example(data, fmt, height, width, image_id,
                                                    file_name, label_png)
-            writer.write(example.SerializeToString())
+            writer.write(example.SerializeToString(deterministic=True))
             bar.update(1)
       except BaseException:
         if os.path.exists(tmp):
