@@ -156,3 +156,73 @@ class DepthwiseSeparableConv(keras.layers.Layer):
         "norm_config": self.norm_config,
     })
     return config
+
+
+@keras.saving.register_keras_serializable(package="deeplab2_kmax")
+class DenseBN(keras.layers.Layer):
+  """Linear projection of the last axis (a 1×1 conv / Conv1D) → optional BN → act.
+
+  Works on any rank, e.g. cluster centers [B, N, C] or flattened pixels [B, L, C].
+
+  Args:
+    units: output channels.
+    use_bias: add a bias (must be False when use_bn).
+    use_bn: batch norm over the last axis.
+    bn_gamma_initializer: "ones", or "zeros" at the end of a residual branch.
+    activation: activation name.
+    kernel_initializer: kernel initializer (default he_normal).
+    bias_initializer: bias initializer.
+    norm_config: see `normalization.batch_norm`.
+  """
+
+  def __init__(self, units: int, use_bias: bool = False, use_bn: bool = True,
+               bn_gamma_initializer: str = "ones",
+               activation: Optional[str] = None,
+               kernel_initializer: Any = "he_normal",
+               bias_initializer: Any = "zeros",
+               norm_config: Optional[Mapping[str, Any]] = None, **kwargs):
+    super().__init__(**kwargs)
+    if use_bn and use_bias:
+      raise ValueError("DenseBN: use_bias must be False when use_bn is True.")
+    self.units = units
+    self.use_bias = use_bias
+    self.use_bn = use_bn
+    self.bn_gamma_initializer = bn_gamma_initializer
+    self.activation = activation
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
+    self.norm_config = normalization.resolve_norm_config(norm_config)
+    self.dense = keras.layers.Dense(units, use_bias=use_bias,
+                                    kernel_initializer=self.kernel_initializer,
+                                    bias_initializer=self.bias_initializer,
+                                    name="dense")
+    self.bn = (normalization.batch_norm(
+        self.norm_config, gamma_initializer=bn_gamma_initializer, name="bn")
+               if use_bn else None)
+    self._act = normalization.get_activation(activation)
+
+  def build(self, input_shape):
+    self.dense.build(tuple(input_shape))
+    if self.bn is not None:
+      self.bn.build(tuple(input_shape[:-1]) + (self.units,))
+
+  def call(self, x, training=False):
+    x = self.dense(x)
+    if self.bn is not None:
+      x = self.bn(x, training=training)
+    return self._act(x)
+
+  def compute_output_shape(self, input_shape):
+    return tuple(input_shape[:-1]) + (self.units,)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "units": self.units, "use_bias": self.use_bias, "use_bn": self.use_bn,
+        "bn_gamma_initializer": self.bn_gamma_initializer,
+        "activation": self.activation,
+        "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        "norm_config": self.norm_config,
+    })
+    return config
