@@ -15,9 +15,10 @@ Geometry (documented choice):
 * The model runs on one image at a time (batch 1), so a prediction never depends on
   the other images of a request nor on a batch's common padded size.
 * Only the mask-logit grid points covering the (resized) image are kept: the merger
-  upsamples them to `4(g - 1) + 1 >= h` pixels, the maps are cropped to the image, and,
-  when the image was resized, brought back to the original size by nearest-neighbour
-  resizing. Padding pixels therefore never count toward a segment's area.
+  upsamples them (align corners) to `4(g - 1) + 1 >= h` pixels and crops them to the
+  image before merging, so padding never counts toward a segment's area or score; when
+  the image was resized, the maps go back to the original size by nearest-neighbour
+  resizing.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -86,7 +87,7 @@ class PanopticPredictor(tf.Module):
 
   Args:
     model: a built `KMaXDeepLab` (or any keras model with the DESIGN.md outputs).
-    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size)`).
+    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`).
     label_divisor, ignore_label: from dataset_info.json (pad value of batched maps).
     input_size: optional (H, W), see the module docstring.
   """
@@ -120,7 +121,8 @@ class PanopticPredictor(tf.Module):
     if "pixel_embeddings" in outputs:
       cropped["pixel_embeddings"] = outputs["pixel_embeddings"][:, :grid[0], :grid[1], :]
     merged_size = (grid - 1) * MASK_STRIDE + 1
-    merged = self.merger(cropped, (merged_size[0], merged_size[1]))
+    merged = self.merger(cropped, (merged_size[0], merged_size[1]),
+                         original_size=(inner[0], inner[1]))
     shape = tf.shape(image)
     result = {}
     for key in MAP_KEYS:

@@ -21,7 +21,9 @@ def tiny_model(num_classes: int = 3, num_masks: int = 6, seed: int = 0) -> keras
   x = keras.layers.Rescaling(1 / 127.5, offset=-1)(images)
   x = keras.layers.Conv2D(8, 5, strides=4, padding="same", activation="gelu")(x)
   x = keras.layers.Conv2D(8, 3, padding="same", activation="gelu")(x)
-  mask_logits = keras.layers.Conv2D(num_masks, 3, padding="same")(x)
+  # x20: confident masks (softmax probabilities above the merger's 0.4 pixel threshold).
+  mask_logits = keras.layers.Rescaling(20.0)(
+      keras.layers.Conv2D(num_masks, 3, padding="same")(x))
   pooled = keras.layers.GlobalAveragePooling2D()(x)
   class_logits = keras.layers.Reshape((num_masks, num_classes + 1))(
       keras.layers.Dense(num_masks * (num_classes + 1))(pooled))
@@ -42,9 +44,11 @@ class ArgmaxMerger:
     self.num_classes = num_classes
     self.label_divisor = label_divisor
 
-  def __call__(self, outputs, output_size):
+  def __call__(self, outputs, output_size, original_size=None):
     logits = tf.compat.v1.image.resize(outputs["mask_logits"], output_size,
                                        align_corners=True)
+    if original_size is not None:
+      logits = logits[:, :original_size[0], :original_size[1]]
     mask_id = tf.cast(tf.argmax(logits, -1), tf.int32)
     probs = tf.nn.softmax(outputs["class_logits"][..., :self.num_classes])
     classes = tf.cast(tf.argmax(probs, -1), tf.int32)
@@ -153,3 +157,24 @@ def test_malformed_bytes_raise_invalid_argument():
   predictor = _predictor()
   with pytest.raises(tf.errors.InvalidArgumentError):
     predictor.predict_encoded(tf.constant([b"not an image"]))
+
+
+def permissive_merger():
+  """The real MaskWiseMerger with thresholds low enough for an untrained tiny model."""
+  from deeplab2_kmax.post_processing import MaskWiseMerger
+  return MaskWiseMerger(thing_train_ids=[0], label_divisor=D, ignore_label=IGNORE,
+                        thing_threshold=0.0, stuff_threshold=0.0, thing_area_limit=1,
+                        stuff_area_limit=1)
+
+
+@pytest.mark.parametrize("size", [(33, 65), (45, 38)])
+def test_real_merger_on_cropped_grid_equals_merger_on_full_padded_output(size):
+  merger = permissive_merger()
+  predictor = inference.PanopticPredictor(tiny_model(), merger, D, IGNORE)
+  image = random_image(*size, seed=7)
+  pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
+  x, _ = inference.prepare_image(image)
+  full = merger(predictor.model(x, training=False), x.shape[1:3], original_size=size)
+  assert pred["num_segments"] > 1
+  for key in inference.MAP_KEYS + inference.SEGMENT_KEYS + ("num_segments",):
+    np.testing.assert_array_equal(pred[key], full[key][0].numpy(), err_msg=key)
