@@ -1,0 +1,226 @@
+"""kMaX-DeepLab: backbone → pixel decoder → kMaX transformer decoder → heads.
+
+`build_model(num_classes, ...)` is the gin entry point (configs bind `build_model.*`).
+Output dict of `model(images, training=...)` (images float32 [B, H, W, 3] in [0, 255];
+the model normalizes x / 127.5 - 1), s = the pixel decoder's finest stride (4; 2 with
+the five-stage Cityscapes decoder), Hs = ceil(H / s) for `32k + 1` inputs:
+
+  "class_logits"        [B, N, C+1]  (void last)
+  "mask_logits"         [B, Hs, Ws, N]
+  "pixel_embeddings"    [B, Hs, Ws, D]  L2-normalized
+  "semantic_logits"     [B, H/4, W/4, C]  only when training=True
+  "aux_outputs"         one dict per k-means decoder layer with class_logits,
+                        mask_logits and pixel_embeddings resized (align corners) to
+                        the final [Hs, Ws]
+  "cluster_assignments" one int32 [B, h_l, w_l] argmax map per k-means decoder layer
+
+Tiny CPU configuration (what tests use; bind the same names in gin):
+  build_model(num_classes=3, backbone=<tiny backbone or "resnet50" with
+      backbone_kwargs={"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
+                       "stem_width_multiplier": 0.25}>,
+      num_queries=16, pixel_decoder_dims=(16, 8, 8, 8), axial_num_heads=2,
+      pixel_decoder_blocks=(1, 1, 1, 1), decoder_layers=(1, 1, 1),
+      decoder_channels=32, decoder_key_depth=16, decoder_value_depth=32,
+      decoder_num_heads=2, ffn_channels=64, embedding_dim=16,
+      pixel_head_channels=32, semantic_channels=16,
+      semantic_low_level_channels=(8, 8))
+"""
+
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import gin
+import keras
+from keras import ops
+
+from deeplab2_kmax import heads
+from deeplab2_kmax import pixel_decoder as pixel_decoder_lib
+from deeplab2_kmax import semantic_decoder as semantic_decoder_lib
+from deeplab2_kmax import transformer_decoder as transformer_decoder_lib
+from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import resize
+
+_RESIZED_AUX_KEYS = ("mask_logits", "pixel_embeddings")
+
+
+@keras.saving.register_keras_serializable(package="deeplab2_kmax")
+class KMaXDeepLab(keras.Model):
+  """The kMaX-DeepLab panoptic model (see the module docstring for the outputs).
+
+  Args:
+    num_classes: C real classes.
+    backbone: a backbone name for `backbones.build_backbone`, or any Keras layer whose
+      call(x, training) returns {"res2".."res5"} (optionally "stage*", "stem").
+    backbone_kwargs: keyword arguments for `build_backbone` (name backbones only).
+    num_queries: N cluster centers (128 COCO, 256 Cityscapes).
+    pixel_decoder_dims / pixel_decoder_blocks / pixel_decoder_block_types: pixel
+      decoder stages from stride 32 ((512, 256, 128, 64), (1, 5, 1, 1),
+      axial/axial/bottleneck/bottleneck); five entries add the stride-2 stage.
+    axial_num_heads: heads of the pixel decoder's axial attention (8).
+    decoder_layers: kMaX decoder layers on strides 32/16/8 ((2, 2, 2)).
+    interaction: "kmeans_cross_attention" (default), "cross_attention",
+      "dual_path_cross_attention", "dual_path_kmeans_cross_attention".
+    decoder_channels, decoder_key_depth, decoder_value_depth, decoder_num_heads,
+      ffn_channels: transformer decoder widths (256, 128, 256, 8, 2048).
+    embedding_dim: pixel/mask embedding D (128).
+    pixel_head_channels: hidden width of the pixel heads (256).
+    decoder_drop_path_rate: transformer decoder drop path (0.2 = keep 0.8).
+    use_semantic_decoder: COCO-style auxiliary semantic decoder (True) or the
+      Cityscapes head on res5 (False).
+    semantic_channels: ASPP / decoder / head width of the semantic branch (256).
+    semantic_low_level_channels: res3 / res2 projections (64, 32).
+    activation: 'gelu'.
+    norm_config: BN config for every part built here (see layers.normalization),
+      e.g. {"synchronized": True}.
+  """
+
+  def __init__(self, num_classes: int, backbone: Union[str, keras.layers.Layer] = "resnet50",
+               backbone_kwargs: Optional[Mapping[str, Any]] = None,
+               num_queries: int = 128,
+               pixel_decoder_dims: Sequence[int] = (512, 256, 128, 64),
+               pixel_decoder_blocks: Sequence[int] = (1, 5, 1, 1),
+               pixel_decoder_block_types: Optional[Sequence[str]] = None,
+               axial_num_heads: int = 8,
+               decoder_layers: Sequence[int] = (2, 2, 2),
+               interaction: str = "kmeans_cross_attention",
+               decoder_channels: int = 256, decoder_key_depth: int = 128,
+               decoder_value_depth: int = 256, decoder_num_heads: int = 8,
+               ffn_channels: int = 2048, embedding_dim: int = 128,
+               pixel_head_channels: int = 256,
+               decoder_drop_path_rate: float = 0.2,
+               use_semantic_decoder: bool = True, semantic_channels: int = 256,
+               semantic_low_level_channels: Sequence[int] = (64, 32),
+               activation: str = "gelu",
+               norm_config: Optional[Mapping[str, Any]] = None, **kwargs):
+    kwargs.setdefault("name", "kmax_deeplab")
+    super().__init__(**kwargs)
+    if isinstance(backbone, str):
+      from deeplab2_kmax import backbones  # pylint: disable=g-import-not-at-top
+      self.backbone_name = backbone
+      self.backbone = backbones.build_backbone(backbone, **dict(backbone_kwargs or {}))
+    else:
+      self.backbone_name = None
+      self.backbone = backbone
+    self.backbone_kwargs = dict(backbone_kwargs or {})
+    self.num_classes = num_classes
+    self.num_queries = num_queries
+    self.pixel_decoder_dims = tuple(pixel_decoder_dims)
+    self.pixel_decoder_blocks = tuple(pixel_decoder_blocks)
+    if pixel_decoder_block_types is None:
+      pixel_decoder_block_types = (("axial", "axial") + ("bottleneck",) *
+                                   (len(self.pixel_decoder_dims) - 2))
+    self.pixel_decoder_block_types = tuple(pixel_decoder_block_types)
+    self.axial_num_heads = axial_num_heads
+    self.decoder_layers = tuple(decoder_layers)
+    self.interaction = interaction
+    self.decoder_channels = decoder_channels
+    self.decoder_key_depth = decoder_key_depth
+    self.decoder_value_depth = decoder_value_depth
+    self.decoder_num_heads = decoder_num_heads
+    self.ffn_channels = ffn_channels
+    self.embedding_dim = embedding_dim
+    self.pixel_head_channels = pixel_head_channels
+    self.decoder_drop_path_rate = decoder_drop_path_rate
+    self.use_semantic_decoder = use_semantic_decoder
+    self.semantic_channels = semantic_channels
+    self.semantic_low_level_channels = tuple(semantic_low_level_channels)
+    self.activation = activation
+    self.norm_config = normalization.resolve_norm_config(norm_config)
+    nc = self.norm_config
+    self.output_stride = 2 ** (6 - len(self.pixel_decoder_dims))
+
+    self.pixel_decoder = pixel_decoder_lib.KMaXPixelDecoder(
+        self.pixel_decoder_dims, self.pixel_decoder_blocks,
+        self.pixel_decoder_block_types, num_heads=axial_num_heads,
+        activation=activation, norm_config=nc, name="pixel_decoder")
+    self.transformer_decoder = transformer_decoder_lib.KMaXTransformerDecoder(
+        num_classes, num_queries=num_queries,
+        num_layers_per_stride=self.decoder_layers, interaction=interaction,
+        channels=decoder_channels, bottleneck_channels=decoder_channels,
+        key_depth=decoder_key_depth, value_depth=decoder_value_depth,
+        num_heads=decoder_num_heads, ffn_channels=ffn_channels,
+        embedding_dim=embedding_dim, pixel_head_channels=pixel_head_channels,
+        activation=activation, drop_path_rate=decoder_drop_path_rate,
+        norm_config=nc, name="transformer_decoder")
+    self.prediction_head = heads.PredictionHead(
+        num_classes, embedding_dim, pixel_head_channels, activation=activation,
+        norm_config=nc, name="prediction_head")
+    self.semantic_branch = semantic_decoder_lib.SemanticDecoder(
+        num_classes, use_decoder=use_semantic_decoder,
+        aspp_channels=semantic_channels, decoder_channels=semantic_channels,
+        low_level_channels=self.semantic_low_level_channels,
+        head_channels=semantic_channels, activation=activation, norm_config=nc,
+        name="semantic_branch")
+
+  def call(self, images, training=False):
+    training = bool(training)
+    x = ops.cast(images, "float32") / 127.5 - 1.0
+    endpoints = self.backbone(x, training=training)
+    pixel_features = self.pixel_decoder(endpoints, training=training)
+    decoded = self.transformer_decoder(pixel_features[:3], training=training)
+    final = self.prediction_head(pixel_features[-1], decoded["class_features"],
+                                 decoded["mask_features"], training=training)
+    size = ops.shape(final["mask_logits"])[1:3]
+    aux_outputs = []
+    for prediction in decoded["aux_predictions"]:
+      aux = dict(prediction)
+      for key in _RESIZED_AUX_KEYS:
+        aux[key] = resize.resize_align_corners(aux[key], (size[0], size[1]))
+      aux_outputs.append(aux)
+    outputs = dict(final)
+    outputs["aux_outputs"] = aux_outputs
+    outputs["cluster_assignments"] = decoded["cluster_assignments"]
+    if training:
+      semantic_endpoints = dict(endpoints)
+      if not self.use_semantic_decoder and "stage5" in endpoints:
+        semantic_endpoints["res5"] = endpoints["stage5"]
+      outputs["semantic_logits"] = self.semantic_branch(semantic_endpoints,
+                                                        training=training)
+    return outputs
+
+  def get_config(self):
+    config = {"name": self.name, "num_classes": self.num_classes}
+    if self.backbone_name is not None:
+      config["backbone"] = self.backbone_name
+    else:
+      config["backbone"] = keras.saving.serialize_keras_object(self.backbone)
+    config.update({
+        "backbone_kwargs": self.backbone_kwargs, "num_queries": self.num_queries,
+        "pixel_decoder_dims": self.pixel_decoder_dims,
+        "pixel_decoder_blocks": self.pixel_decoder_blocks,
+        "pixel_decoder_block_types": self.pixel_decoder_block_types,
+        "axial_num_heads": self.axial_num_heads,
+        "decoder_layers": self.decoder_layers, "interaction": self.interaction,
+        "decoder_channels": self.decoder_channels,
+        "decoder_key_depth": self.decoder_key_depth,
+        "decoder_value_depth": self.decoder_value_depth,
+        "decoder_num_heads": self.decoder_num_heads,
+        "ffn_channels": self.ffn_channels, "embedding_dim": self.embedding_dim,
+        "pixel_head_channels": self.pixel_head_channels,
+        "decoder_drop_path_rate": self.decoder_drop_path_rate,
+        "use_semantic_decoder": self.use_semantic_decoder,
+        "semantic_channels": self.semantic_channels,
+        "semantic_low_level_channels": self.semantic_low_level_channels,
+        "activation": self.activation, "norm_config": self.norm_config,
+    })
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    config = dict(config)
+    if isinstance(config.get("backbone"), dict):
+      config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+    return cls(**config)
+
+
+@gin.configurable
+def build_model(num_classes: int, backbone: Union[str, keras.layers.Layer] = "resnet50",
+                backbone_kwargs: Optional[Mapping[str, Any]] = None,
+                **kwargs) -> KMaXDeepLab:
+  """Builds KMaXDeepLab; every KMaXDeepLab constructor argument can be bound by gin.
+
+  e.g. `build_model.num_queries = 256`, `build_model.decoder_layers = (1, 1, 1)`,
+  `build_model.interaction = "dual_path_kmeans_cross_attention"`,
+  `build_model.norm_config = {"synchronized": True}`.
+  """
+  return KMaXDeepLab(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs,
+                     **kwargs)
