@@ -1,0 +1,254 @@
+"""The distributed training loop: forward, losses, gradients, AdamW, checkpoints, logs.
+
+One tf.function call runs up to `steps_per_loop` steps (`strategy.run` per step, the
+global batch split over the replicas by `experimental_distribute_dataset`). The part of
+a step that does the arithmetic (forward, losses, gradients) is a separate tf.function
+compiled with XLA when `jit_compile`; the gradient all-reduce and the optimizer update
+stay outside XLA so that every strategy can run them.
+
+Loss scaling: each replica's loss is its batch mean divided by the number of replicas,
+so the SUM all-reduce of gradients gives the gradient of the global-batch mean, and the
+summed per-replica losses are the global means that get logged.
+"""
+
+import math
+import re
+import time
+from typing import Callable, Dict, Optional
+
+from absl import logging
+import gin
+import keras
+import tensorflow as tf
+import tqdm
+
+from trainer import checkpointing
+from trainer import optimizer as optimizer_lib
+from trainer import summaries
+
+LossFn = Callable[[Dict[str, tf.Tensor], Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]
+
+
+def backbone_pattern_for(model) -> Optional[str]:
+  """A `variable.path` regex selecting the model's backbone (its `backbone` attribute)."""
+  backbone = getattr(model, "backbone", None)
+  if backbone is None:
+    return None
+  return rf"(^|/){re.escape(backbone.name)}/"
+
+
+def build_model_variables(model, image_shape, strategy) -> None:
+  """Creates the model's variables with one inference call on a zero image."""
+  height, width = image_shape[1] or 65, image_shape[2] or 65
+  with strategy.scope():
+    model(tf.zeros([1, height, width, 3], tf.float32), training=False)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+@gin.configurable(denylist=["model", "loss_fn", "optimizer", "strategy", "model_dir"])
+class Trainer:
+  """Trains `model` on a dataset of global batches `(features, labels)`.
+
+  Args:
+    model, loss_fn, optimizer: created under `strategy.scope()`; `loss_fn(outputs,
+      labels)` returns a dict of scalar losses with a `total` entry (KMaXLoss).
+    strategy: the tf.distribute strategy.
+    model_dir: checkpoints go here, summaries to `model_dir/train`.
+    steps_per_loop: training steps per tf.function call (also the logging period).
+    checkpoint_every: steps between checkpoints (one is always written at the end).
+    max_to_keep: checkpoints kept.
+    jit_compile: XLA-compile forward + losses + gradients (None: on GPU/TPU only).
+    clip_gradient_norm: > 0 clips each replica's gradients to this global norm
+      (before the all-reduce, as deeplab2 does).
+    checkpoint_input_pipeline: also checkpoint the input iterator (exact resume).
+    is_chief: writes summaries; other workers only take part in the collectives.
+    progress: show a tqdm progress bar.
+  """
+
+  def __init__(self, model, loss_fn: LossFn, optimizer, strategy, model_dir: str,
+               steps_per_loop: int = 10, checkpoint_every: int = 1000,
+               max_to_keep: int = 3, jit_compile: Optional[bool] = None,
+               clip_gradient_norm: float = 0.0, checkpoint_input_pipeline: bool = True,
+               is_chief: bool = True, progress: bool = True):
+    if steps_per_loop < 1:
+      raise ValueError(f"Trainer.steps_per_loop must be >= 1, got {steps_per_loop}")
+    self.model = model
+    self.loss_fn = loss_fn
+    self.optimizer = optimizer
+    self.strategy = strategy
+    self.model_dir = model_dir
+    self.steps_per_loop = int(steps_per_loop)
+    self.checkpoint_every = int(checkpoint_every)
+    self.max_to_keep = max_to_keep
+    if jit_compile is None:
+      from trainer import distribution  # pylint: disable=g-import-not-at-top
+      jit_compile = distribution.default_jit_compile()
+    self.jit_compile = bool(jit_compile)
+    self.clip_gradient_norm = float(clip_gradient_norm)
+    self.checkpoint_input_pipeline = checkpoint_input_pipeline
+    self.is_chief = is_chief
+    self.progress = progress
+    with strategy.scope():
+      self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    self._compile_functions(self.jit_compile)
+    self.checkpoint_state = None
+    self._writer = None
+
+  def _compile_functions(self, jit_compile: bool):
+    # TPUs compile everything with XLA anyway; elsewhere only the arithmetic is nested in
+    # an XLA function (a plain function otherwise: a nested tf.function must not contain
+    # cross-replica sync points such as synchronized batch norm).
+    if jit_compile and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+      self._grad_fn = tf.function(self._losses_and_gradients, jit_compile=True)
+    else:
+      self._grad_fn = self._losses_and_gradients
+    self._loop_fn = tf.function(self._train_loop)
+
+  def _run_loop(self, iterator, num_steps):
+    try:
+      return self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
+    except RuntimeError as e:
+      if not (self.jit_compile and "merge_call" in str(e)):
+        raise
+      logging.warning("XLA is not possible around a cross-replica sync point (synchronized "
+                      "batch norm under %s): training without jit_compile",
+                      type(self.strategy).__name__)
+      self.jit_compile = False
+      self._compile_functions(False)
+      return self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
+
+  # --- one step ---------------------------------------------------------------------
+  def _losses_and_gradients(self, features, labels):
+    variables = self.model.trainable_variables
+    replicas = self.strategy.num_replicas_in_sync
+    with tf.GradientTape() as tape:
+      outputs = self.model(features["image"], training=True)
+      losses = {k: tf.cast(v, tf.float32) for k, v in self.loss_fn(outputs, labels).items()}
+      if "total" not in losses:
+        raise KeyError(f"the loss returned {sorted(losses)}; it must have a 'total' entry")
+      loss = losses["total"] / replicas
+      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+        loss = self.optimizer.scale_loss(loss)
+    grads = tape.gradient(loss, variables)
+    return grads, {k: v / replicas for k, v in losses.items()}
+
+  def _replica_step(self, features, labels):
+    grads, losses = self._grad_fn(features, labels)
+    if self.clip_gradient_norm > 0:
+      grads, _ = tf.clip_by_global_norm(grads, self.clip_gradient_norm)
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    return losses
+
+  def _distributed_step(self, iterator):
+    features, labels = next(iterator)
+    per_replica = self.strategy.run(self._replica_step, args=(features, labels))
+    self.step.assign_add(1)
+    return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()}
+
+  def _train_loop(self, iterator, num_steps):
+    """Runs up to num_steps steps; stops early after a non-finite loss.
+
+    Returns (mean losses over the steps run, last losses, steps run).
+    """
+    last = self._distributed_step(iterator)
+    sums = dict(last)
+    done = tf.constant(1, tf.int32)
+    for _ in tf.range(num_steps - 1):
+      if not tf.reduce_all([tf.math.is_finite(v) for v in last.values()]):
+        break
+      last = self._distributed_step(iterator)
+      sums = {k: sums[k] + last[k] for k in sums}
+      done += 1
+    means = {k: v / tf.cast(done, v.dtype) for k, v in sums.items()}
+    return means, last, done
+
+  # --- the run ----------------------------------------------------------------------
+  def _setup(self, dataset):
+    image_spec = dataset.element_spec[0]["image"]
+    build_model_variables(self.model, image_spec.shape, self.strategy)
+    with self.strategy.scope():
+      self.optimizer.build(self.model.trainable_variables)
+    self._global_batch = image_spec.shape[0]
+    iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+    # Plain tf.data iterators checkpoint their position; distributed iterators (e.g.
+    # MirroredStrategy's) are not trackable, so those are fast-forwarded after restore.
+    trackable = isinstance(iterator, tf.__internal__.tracking.Trackable)
+    self.checkpoint_state = checkpointing.CheckpointState(
+        self.model_dir, self.model, self.optimizer, self.step,
+        iterator=iterator if self.checkpoint_input_pipeline and trackable else None,
+        max_to_keep=self.max_to_keep)
+    self.checkpoint_state.restore_latest()
+    step = int(self.step.numpy())
+    if self.checkpoint_input_pipeline and not trackable and step > 0:
+      logging.warning("fast-forwarding the input pipeline by %d batches to resume", step)
+      iterator = iter(self.strategy.experimental_distribute_dataset(dataset.skip(step)))
+    if self._writer is None:
+      self._writer = summaries.Writer(f"{self.model_dir}/train", enabled=self.is_chief)
+    return iterator
+
+  def _next_stop(self, step: int, total: int, eval_every: int) -> int:
+    stops = [total, step + self.steps_per_loop]
+    for every in (self.checkpoint_every, eval_every):
+      if every and every > 0:
+        stops.append((step // every + 1) * every)
+    return min(stops)
+
+  def train(self, dataset: tf.data.Dataset, total_steps: int,
+            eval_fn: Optional[Callable[[int], dict]] = None, eval_every: int = 0) -> dict:
+    """Trains until `step == total_steps`, resuming from model_dir; returns last losses.
+
+    eval_fn(step) runs every `eval_every` steps and at the end (train_and_eval).
+    Raises NonFiniteLossError on NaN/Inf and TrainingInterrupted after SIGTERM/SIGINT.
+    """
+    iterator = self._setup(dataset)
+    state = self.checkpoint_state
+    step = int(self.step.numpy())
+    if step >= total_steps:
+      logging.info("step %d >= train_steps %d: nothing to train", step, total_steps)
+    bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step",
+                    disable=not (self.progress and self.is_chief), dynamic_ncols=True)
+    logs = {}
+    start_step, start_time = step, time.time()
+    with checkpointing.StopSignal() as stop:
+      while step < total_steps:
+        n = self._next_stop(step, total_steps, eval_every) - step
+        t0 = time.time()
+        means, last, done = self._run_loop(iterator, n)
+        last = {k: float(v) for k, v in last.items()}
+        step = int(self.step.numpy())
+        checkpointing.check_finite(last, step, state.latest)
+        elapsed = time.time() - t0
+        logs = {k: float(v) for k, v in means.items()}
+        self._log(step, total_steps, logs, int(done), elapsed, start_step, start_time, bar)
+        at_end = step >= total_steps
+        if at_end or (self.checkpoint_every > 0 and step % self.checkpoint_every == 0):
+          state.save()
+        if eval_fn is not None and (at_end or (eval_every > 0 and step % eval_every == 0)):
+          eval_fn(step)
+        if stop.requested is not None:
+          path = state.latest if state.saved_at(step) else state.save()
+          bar.close()
+          raise checkpointing.TrainingInterrupted(stop.requested, path)
+    bar.close()
+    return logs
+
+  def _log(self, step, total, losses, done, elapsed, start_step, start_time, bar):
+    lr = optimizer_lib.current_learning_rate(self.optimizer, step)
+    speed = (self._global_batch or 0) * done / max(elapsed, 1e-9)
+    rate = (step - start_step) / max(time.time() - start_time, 1e-9)
+    eta = _format_eta((total - step) / rate) if rate > 0 else "?"
+    values = {f"losses/{k}": v for k, v in losses.items()}
+    values.update({"learning_rate": lr, "examples_per_second": speed,
+                   "steps_per_second": done / max(elapsed, 1e-9)})
+    self._writer.scalars(values, step)
+    bar.update(done)
+    bar.set_postfix(loss=f"{losses.get('total', math.nan):.4f}", lr=f"{lr:.2e}")
+    terms = " ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()) if k != "total")
+    logging.info("step %d/%d loss %.4f (%s) lr %.3g %.2f ex/s ETA %s", step, total,
+                 losses.get("total", math.nan), terms, lr, speed, eta)
