@@ -16,18 +16,22 @@ from absl import flags
 from data import converter
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("image_dir", None, "Folder of the images (e.g. val2017).")
-flags.DEFINE_string("panoptic_json", None, "COCO panoptic JSON (segments_info, categories).")
-flags.DEFINE_string("panoptic_dir", None, "Folder of the panoptic PNGs.")
-flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
-flags.DEFINE_string("split", "val", "Split name used in the shard names.")
-flags.DEFINE_integer("num_shards", 8, "Number of shards.")
-flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
-flags.DEFINE_integer("label_divisor", 256, "Internal label divisor.")
-flags.DEFINE_integer("ignore_label", 255, "Train id of void.")
-flags.DEFINE_string("dataset_name", "coco_panoptic", "Name stored in dataset_info.json.")
-for _name in ("image_dir", "panoptic_json", "panoptic_dir", "output_dir"):
-  flags.mark_flag_as_required(_name)
+
+
+def _define_flags():
+  """Defined only when run as a script (modules stay importable together)."""
+  flags.DEFINE_string("image_dir", None, "Folder of the images (e.g. val2017).")
+  flags.DEFINE_string("panoptic_json", None, "COCO panoptic JSON (segments_info, categories).")
+  flags.DEFINE_string("panoptic_dir", None, "Folder of the panoptic PNGs.")
+  flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
+  flags.DEFINE_string("split", "val", "Split name used in the shard names.")
+  flags.DEFINE_integer("num_shards", 8, "Number of shards.")
+  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+  flags.DEFINE_integer("label_divisor", 256, "Internal label divisor.")
+  flags.DEFINE_integer("ignore_label", 255, "Train id of void.")
+  flags.DEFINE_string("dataset_name", "coco_panoptic", "Name stored in dataset_info.json.")
+  for _name in ("image_dir", "panoptic_json", "panoptic_dir", "output_dir"):
+    flags.mark_flag_as_required(_name)
 
 
 def main(argv):
@@ -44,4 +48,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -1,0 +1,102 @@
+r"""Converts Cityscapes panoptic (cityscapesscripts `createPanopticImgs` output).
+
+  python data/build_cityscapes_tfrecord.py --cityscapes_root=DIR --split=val \
+      --output_dir=DIR [--num_shards=N] [--num_workers=K]
+
+Reads DIR/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png,
+DIR/gtFine/cityscapes_panoptic_<split>.json and DIR/gtFine/cityscapes_panoptic_<split>/.
+The JSON must use Cityscapes label ids (createPanopticImgs without --use-train-id); they
+map to the 19 trainIds (8 thing classes). Label divisor 1000, ignore label 255.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app
+from absl import flags
+
+from data import converter
+from data.dataset_info import Category, DatasetInfo
+from data.panoptic_io import DataValidationError
+
+LABEL_DIVISOR = 1000
+IGNORE_LABEL = 255
+
+# (label id, trainId, name, hasInstances, color) for the 19 evaluated classes.
+CITYSCAPES_CLASSES = [
+    (7, 0, "road", 0, (128, 64, 128)), (8, 1, "sidewalk", 0, (244, 35, 232)),
+    (11, 2, "building", 0, (70, 70, 70)), (12, 3, "wall", 0, (102, 102, 156)),
+    (13, 4, "fence", 0, (190, 153, 153)), (17, 5, "pole", 0, (153, 153, 153)),
+    (19, 6, "traffic light", 0, (250, 170, 30)), (20, 7, "traffic sign", 0, (220, 220, 0)),
+    (21, 8, "vegetation", 0, (107, 142, 35)), (22, 9, "terrain", 0, (152, 251, 152)),
+    (23, 10, "sky", 0, (70, 130, 180)), (24, 11, "person", 1, (220, 20, 60)),
+    (25, 12, "rider", 1, (255, 0, 0)), (26, 13, "car", 1, (0, 0, 142)),
+    (27, 14, "truck", 1, (0, 0, 70)), (28, 15, "bus", 1, (0, 60, 100)),
+    (31, 16, "train", 1, (0, 80, 100)), (32, 17, "motorcycle", 1, (0, 0, 230)),
+    (33, 18, "bicycle", 1, (119, 11, 32)),
+]
+
+
+def cityscapes_info() -> DatasetInfo:
+  cats = [Category(id=i, train_id=t, name=n, isthing=th, color=c)
+          for i, t, n, th, c in CITYSCAPES_CLASSES]
+  return DatasetInfo(name="cityscapes_panoptic", label_divisor=LABEL_DIVISOR,
+                     ignore_label=IGNORE_LABEL, categories=cats)
+
+
+def _check_categories(json_categories, json_path: str, info: DatasetInfo) -> None:
+  known = {c.id: c for c in info.categories}
+  for cat in json_categories:
+    cid = int(cat["id"])
+    if cid not in known:
+      raise DataValidationError(
+          f"{json_path}: category id {cid} ({cat.get('name')}) is not one of the 19 "
+          "Cityscapes label ids (was the JSON made with --use-train-id?)")
+    if int(cat.get("isthing", known[cid].isthing)) != known[cid].isthing:
+      raise DataValidationError(f"{json_path}: category {cid} has the wrong isthing flag")
+
+
+def convert_cityscapes(cityscapes_root: str, split: str, output_dir: str, num_shards: int,
+                       num_workers: int = 1) -> DatasetInfo:
+  gt = os.path.join(cityscapes_root, "gtFine")
+  json_path = os.path.join(gt, f"cityscapes_panoptic_{split}.json")
+  image_root = os.path.join(cityscapes_root, "leftImg8bit", split)
+
+  def image_path(name: str) -> str:  # <city>_<seq>_<frame>_leftImg8bit.png
+    return os.path.join(image_root, name.split("_")[0], name)
+
+  tasks, categories = converter.tasks_from_panoptic_json(
+      json_path, os.path.join(gt, f"cityscapes_panoptic_{split}"), image_path)
+  info = cityscapes_info()
+  _check_categories(categories, json_path, info)
+  return converter.convert(tasks, info, output_dir, split, num_shards, num_workers)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  flags.DEFINE_string("cityscapes_root", None, "Folder with leftImg8bit/ and gtFine/.")
+  flags.DEFINE_string("split", "val", "train | val.")
+  flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
+  flags.DEFINE_integer("num_shards", 10, "Number of shards.")
+  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+  flags.mark_flag_as_required("cityscapes_root")
+  flags.mark_flag_as_required("output_dir")
+
+
+def main(argv):
+  del argv
+  start = time.time()
+  info = convert_cityscapes(FLAGS.cityscapes_root, FLAGS.split, FLAGS.output_dir,
+                            FLAGS.num_shards, FLAGS.num_workers)
+  n = info.num_examples[FLAGS.split]
+  seconds = time.time() - start
+  print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.1f} examples/s)")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
