@@ -1,0 +1,62 @@
+"""Tests for the conv helpers."""
+
+import keras
+import numpy as np
+import pytest
+
+from deeplab2_kmax.layers import convolutions
+from deeplab2_kmax.layers import test_utils
+
+
+def test_strided_conv_is_centred_on_stride_grid():
+  # A 3x3 kernel that picks the centre tap: output (i, j) must equal input (2i, 2j).
+  layer = convolutions.ConvBN(1, 3, strides=2, use_bn=False, use_bias=False)
+  x = np.random.default_rng(0).normal(size=(1, 9, 7, 1)).astype("float32")
+  layer(x)
+  kernel = np.zeros((3, 3, 1, 1), "float32")
+  kernel[1, 1] = 1.0
+  layer.conv.kernel.assign(kernel)
+  y = np.asarray(layer(x))
+  assert y.shape == (1, 5, 4, 1)  # ceil(9/2), ceil(7/2)
+  np.testing.assert_allclose(y, x[:, ::2, ::2], atol=1e-6)
+
+
+def test_conv_bn_act_matches_reference():
+  rng = np.random.default_rng(1)
+  layer = convolutions.ConvBN(4, 1, activation="relu")
+  x = rng.normal(size=(2, 3, 3, 5)).astype("float32")
+  layer(x)
+  test_utils.randomize_batch_norms(layer, rng)
+  ref = np.maximum(test_utils.numpy_bn(x @ np.asarray(layer.conv.kernel)[0, 0],
+                                       layer.bn), 0)
+  np.testing.assert_allclose(np.asarray(layer(x)), ref, atol=1e-5)
+
+
+def test_dense_bn_and_separable_shapes_and_counts():
+  dense = convolutions.DenseBN(8, activation="gelu")
+  assert dense(np.zeros((2, 5, 3), "float32")).shape == (2, 5, 8)
+  assert test_utils.count_params(dense) == 3 * 8 + 2 * 8
+  sep = convolutions.DepthwiseSeparableConv(6, 5, activation="gelu")
+  assert sep(np.zeros((1, 7, 7, 4), "float32")).shape == (1, 7, 7, 6)
+  assert test_utils.count_params(sep) == 25 * 4 + 2 * 4 + 4 * 6 + 2 * 6
+  with pytest.raises(ValueError):
+    convolutions.ConvBN(3, use_bias=True, use_bn=True)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (convolutions.ConvBN(3, 3, strides=2, dilation_rate=1, activation="gelu",
+                         norm_config={"momentum": 0.9}), (1, 5, 5, 2)),
+    (convolutions.DenseBN(3, bn_gamma_initializer="zeros"), (1, 4, 2)),
+    (convolutions.DenseBN(3, use_bias=True, use_bn=False,
+                          kernel_initializer=keras.initializers.TruncatedNormal(
+                              stddev=0.01)), (1, 4, 2)),
+    (convolutions.DepthwiseSeparableConv(3, 5, strides=2), (1, 5, 5, 2)),
+])
+def test_get_config_round_trip(layer, shape):
+  x = np.random.default_rng(2).normal(size=shape).astype("float32")
+  y = layer(x)
+  clone = type(layer).from_config(layer.get_config())
+  clone(x)
+  clone.set_weights(layer.get_weights())
+  assert clone.get_config() == layer.get_config()
+  np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(y), atol=1e-6)
