@@ -1,0 +1,70 @@
+"""Instance discrimination loss on the L2-normalized pixel embeddings.
+
+Two variants, both from deeplab2 `max_deeplab_loss.py`:
+
+* `pixel_contrastive_loss` (kMaX-DeepLab, the default; deeplab2 uses it whenever
+  `instance_discrimination_sample_k > 0`, which all kMaX configs set to 4096): K pixels
+  are sampled per image (Gumbel-top-k by log inverse segment area x 1.5, see
+  `pixel_sampling.py`). For sampled pixels i, j the logit is
+  `<f_i, f_j> / temperature` (temperature 0.3 divides the cosine similarity) and the
+  soft target of row i is uniform over the sampled pixels of i's own segment (itself
+  included). Loss = mean over the sampled pixels that lie in a segment of the soft-
+  target cross-entropy. Sampled pixels outside every segment (only when an image has
+  fewer than K segment pixels) get no row loss and are also masked out of the softmax
+  (deeplab2 keeps them in the softmax denominator; masking them is the cleaner choice
+  and changes nothing when K <= the number of segment pixels).
+* `prototype_discrimination_loss` (original MaX-DeepLab): per-segment prototypes =
+  L2-normalized mean embedding of each gt segment; each thing pixel is classified over
+  the prototypes with logits `<f_p, proto_m> / temperature`, target its own segment.
+"""
+import tensorflow as tf
+
+from deeplab2_kmax.losses.ground_truth import GroundTruth
+
+_MASKED_LOGIT = -1e9
+
+
+def _normalized_rows(x: tf.Tensor) -> tf.Tensor:
+  return tf.math.l2_normalize(x, axis=-1)
+
+
+def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
+                           sample_indices: tf.Tensor,
+                           temperature: float = 0.3) -> tf.Tensor:
+  """Per-example loss [B].
+
+  Args:
+    embeddings: [B, P, D] flattened pixel embeddings (L2-normalized by the model).
+    gt: the GroundTruth (masks [B, P, M]).
+    sample_indices: [B, K] int32 pixel indices (from pixel_sampling).
+    temperature: divides the embedding dot products.
+  """
+  embeddings = tf.cast(embeddings, tf.float32)
+  features = tf.gather(embeddings, sample_indices, batch_dims=1)    # [B, K, D]
+  onehot = tf.gather(gt.masks, sample_indices, batch_dims=1)        # [B, K, M]
+  sample_valid = tf.reduce_sum(onehot, axis=-1)                     # [B, K]
+  same_segment = tf.einsum("bkm,bjm->bkj", onehot, onehot)
+  target = same_segment / tf.maximum(
+      tf.reduce_sum(same_segment, axis=-1, keepdims=True), 1.0)
+  logits = tf.einsum("bkd,bjd->bkj", features, features) / temperature
+  logits = logits + (1.0 - sample_valid)[:, None, :] * _MASKED_LOGIT
+  cross_entropy = -tf.reduce_sum(target * tf.nn.log_softmax(logits, axis=-1),
+                                 axis=-1)
+  return tf.math.divide_no_nan(tf.reduce_sum(sample_valid * cross_entropy, -1),
+                               tf.reduce_sum(sample_valid, axis=-1))
+
+
+def prototype_discrimination_loss(embeddings: tf.Tensor, gt: GroundTruth,
+                                  temperature: float = 0.3) -> tf.Tensor:
+  """Per-example loss [B] of the original MaX-DeepLab variant (thing pixels)."""
+  embeddings = tf.cast(embeddings, tf.float32)
+  prototypes = tf.einsum("bpd,bpm->bmd", embeddings, gt.masks)
+  prototypes = _normalized_rows(
+      prototypes / tf.maximum(gt.area, 1.0)[..., None])             # [B, M, D]
+  logits = tf.einsum("bpd,bmd->bpm", embeddings, prototypes) / temperature
+  logits = logits + (1.0 - gt.valid)[:, None, :] * _MASKED_LOGIT
+  cross_entropy = -tf.reduce_sum(gt.masks * tf.nn.log_softmax(logits, axis=-1),
+                                 axis=-1)
+  thing_pixels = tf.einsum("bpm,bm->bp", gt.masks, gt.is_thing)
+  return tf.math.divide_no_nan(tf.reduce_sum(thing_pixels * cross_entropy, -1),
+                               tf.reduce_sum(thing_pixels, axis=-1))

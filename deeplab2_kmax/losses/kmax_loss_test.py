@@ -1,0 +1,142 @@
+"""KMaXLoss: composition, deep supervision, XLA == eager, gradients, descent."""
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax.losses import loss_test_data as data
+from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
+from deeplab2_kmax.losses.kmax_loss import KMaXLoss
+from deeplab2_kmax.losses.kmax_loss import LOSS_KEYS
+from deeplab2_kmax.losses.mask_id_loss import mask_id_cross_entropy
+from deeplab2_kmax.losses.pq_style_loss import match_predictions
+from deeplab2_kmax.losses.pq_style_loss import pq_style_loss
+from deeplab2_kmax.losses.semantic_loss import semantic_cross_entropy
+
+SEED = tf.constant([1, 2], tf.int64)
+
+
+def _case(seed=0, num_aux=2, **kwargs):
+  rng = np.random.default_rng(seed)
+  return (data.make_outputs(rng, num_aux=num_aux, **kwargs),
+          data.make_labels(rng, **kwargs))
+
+
+def _numpy(result):
+  return {k: float(v.numpy()) for k, v in result.items()}
+
+
+def test_keys_weights_and_composition_from_the_terms():
+  outputs, labels = _case(num_aux=0)
+  loss = KMaXLoss(instance_discrimination_sample_k=8)
+  result = _numpy(loss(outputs, labels, seed=SEED))
+  assert set(result) == set(LOSS_KEYS)
+  # Recompute each term from the term modules.
+  gt = prepare_ground_truth(labels, 3)
+  mask_logits = tf.reshape(outputs["mask_logits"], [2, 30, 6])
+  match = match_predictions(outputs["class_logits"], mask_logits, gt)
+  cls, dice = pq_style_loss(outputs["class_logits"], mask_logits, gt, match)
+  np.testing.assert_allclose(result["pq_style"], np.mean(cls + dice), rtol=1e-5)
+  np.testing.assert_allclose(
+      result["mask_id"],
+      np.mean(mask_id_cross_entropy(mask_logits, gt, match.assignment)),
+      rtol=1e-5)
+  np.testing.assert_allclose(
+      result["semantic"],
+      np.mean(semantic_cross_entropy(tf.reshape(outputs["semantic_logits"],
+                                                [2, 30, 3]),
+                                     gt.semantic, gt.semantic_weights)),
+      rtol=1e-5)
+  expected_total = (3.0 * result["pq_style"] + 0.3 * result["mask_id"] +
+                    result["instance_discrimination"] + result["semantic"])
+  np.testing.assert_allclose(result["total"], expected_total, rtol=1e-5)
+  assert result["instance_discrimination"] > 0
+
+
+def test_deep_supervision_sums_layers_and_reuses_final_matching():
+  outputs, labels = _case(num_aux=0)
+  copies = dict(outputs, aux_outputs=[
+      {k: outputs[k] for k in ("class_logits", "mask_logits",
+                               "pixel_embeddings")}] * 2)
+  loss = KMaXLoss(instance_discrimination_sample_k=0)
+  single, triple = _numpy(loss(outputs, labels)), _numpy(loss(copies, labels))
+  for key in ("pq_style", "mask_id", "instance_discrimination"):
+    np.testing.assert_allclose(triple[key], 3 * single[key], rtol=1e-5)
+  np.testing.assert_allclose(triple["semantic"], single["semantic"], rtol=1e-6)
+  # Different aux predictions: reuse and recompute give different pq losses.
+  outputs, labels = _case(seed=5, num_aux=2)
+  reuse = _numpy(KMaXLoss(aux_matching="reuse")(outputs, labels, seed=SEED))
+  recompute = _numpy(KMaXLoss(aux_matching="recompute")(outputs, labels,
+                                                          seed=SEED))
+  assert recompute["pq_style"] < reuse["pq_style"]  # each layer's own optimum
+  np.testing.assert_allclose(recompute["semantic"], reuse["semantic"])
+
+
+def test_global_batch_size_scales_to_a_cross_replica_sum():
+  outputs, labels = _case(num_aux=1)
+  local = _numpy(KMaXLoss()(outputs, labels, seed=SEED))
+  scaled = _numpy(KMaXLoss(global_batch_size=8)(outputs, labels, seed=SEED))
+  for key in LOSS_KEYS:  # local batch 2 of global 8: sum / 8 = mean * 2 / 8.
+    np.testing.assert_allclose(scaled[key], local[key] * 2 / 8, rtol=1e-5)
+
+
+def test_xla_equals_eager_with_empty_example():
+  outputs, labels = _case(num_aux=2, batch=2)
+  zero = data.make_labels(np.random.default_rng(9), batch=2,
+                          num_segments=[0, 3])
+  loss = KMaXLoss(instance_discrimination_sample_k=16, semantic_sample_k=12)
+  for lab in (labels, zero):
+    eager = _numpy(loss(outputs, lab, seed=SEED))
+    compiled = _numpy(tf.function(loss, jit_compile=True)(outputs, lab,
+                                                          seed=SEED))
+    for key in LOSS_KEYS:
+      np.testing.assert_allclose(compiled[key], eager[key], rtol=2e-5,
+                                 atol=1e-6, err_msg=key)
+      assert np.isfinite(eager[key])
+
+
+def test_gradients_finite_and_descent_lowers_total():
+  outputs, labels = _case(num_aux=1)
+  variables = {k: tf.Variable(outputs[k]) for k in (
+      "class_logits", "mask_logits", "pixel_embeddings", "semantic_logits")}
+  aux = {k: tf.Variable(outputs["aux_outputs"][0][k]) for k in (
+      "class_logits", "mask_logits", "pixel_embeddings")}
+  loss = KMaXLoss(instance_discrimination_sample_k=16)
+  trainable = list(variables.values()) + list(aux.values())
+
+  @tf.function(jit_compile=True)
+  def step():
+    with tf.GradientTape() as tape:
+      preds = dict(variables, aux_outputs=[aux])
+      preds["pixel_embeddings"] = tf.math.l2_normalize(
+          variables["pixel_embeddings"], -1)
+      total = loss(preds, labels, seed=SEED)["total"]
+    grads = tape.gradient(total, trainable)
+    for var, grad in zip(trainable, grads):
+      var.assign_sub(1.0 * grad)
+    return total, grads
+
+  first, grads = step()
+  for grad in grads:
+    assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).sum() > 0
+  totals = [float(first)] + [float(step()[0]) for _ in range(20)]
+  assert totals[-1] < 0.8 * totals[0], totals
+
+
+def test_gin_configurable_and_errors():
+  gin.clear_config()
+  gin.parse_config("KMaXLoss.pq_style_weight = 2.0\n"
+                   "KMaXLoss.aux_matching = 'recompute'")
+  loss = KMaXLoss()
+  gin.clear_config()
+  assert loss.pq_style_weight == 2.0 and loss.aux_matching == "recompute"
+  with pytest.raises(ValueError):
+    KMaXLoss(aux_matching="sometimes")
+  outputs, labels = _case(num_aux=0)
+  no_semantic = {k: v for k, v in outputs.items() if k != "semantic_logits"}
+  with pytest.raises(KeyError, match="semantic_logits"):
+    KMaXLoss()(no_semantic, labels)
+  assert float(KMaXLoss(semantic_weight=0.0)(no_semantic, labels)["semantic"]) == 0
+  bad = dict(outputs, mask_logits=outputs["mask_logits"][:, :4])
+  with pytest.raises(ValueError, match="stride 4"):
+    KMaXLoss()(bad, labels)
