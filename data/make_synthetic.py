@@ -85,7 +85,8 @@ def render_scene(rng: np.random.Generator, size: int):
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
   image = np.zeros((size, size, 3), np.float32)
   seg = np.zeros((size, size), np.int64)
-  ids = iter(rng.choice(np.arange(1, 2 ** 24, dtype=np.int64), 64, replace=False))
+  draws = rng.integers(1, 2 ** 24, 64)
+  ids = iter(draws[np.sort(np.unique(draws, return_index=True)[1])])  # unique, in order
   info: dict[int, dict] = {}
 
   # Stuff: sky on top, optional wall band, ground at the bottom; wavy boundaries.

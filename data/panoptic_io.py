@@ -110,7 +110,6 @@ def coco_to_internal(ids: np.ndarray, segments_info: Sequence[dict[str, Any]],
   segments get instance 0 (several crowd segments of one class merge, as in PQ).
   """
   d = spec.label_divisor
-  out = np.full(ids.shape, spec.ignore_label * d, dtype=np.int64)
   seen: set[int] = set()
   next_instance: dict[int, int] = {}
   present, inverse = np.unique(ids, return_inverse=True)
@@ -148,8 +147,7 @@ def coco_to_internal(ids: np.ndarray, segments_info: Sequence[dict[str, Any]],
   if missing:
     raise DataValidationError(
         f"{source}: segment ids {missing[:10]} are in the PNG but not in the JSON")
-  out = values[inverse]
-  return out.astype(np.int32)
+  return values[inverse].astype(np.int32)
 
 
 def internal_to_coco(label: np.ndarray, spec: LabelSpec,
