@@ -140,3 +140,34 @@ def test_gin_configurable_and_errors():
   bad = dict(outputs, mask_logits=outputs["mask_logits"][:, :4])
   with pytest.raises(ValueError, match="stride 4"):
     KMaXLoss()(bad, labels)
+
+
+def test_batch_without_segments_is_finite_and_only_pushes_to_void():
+  rng = np.random.default_rng(3)
+  outputs = data.make_outputs(rng, num_aux=1)
+  labels = data.make_labels(rng, num_segments=[0, 0])
+  variables = {k: tf.Variable(outputs[k]) for k in (
+      "class_logits", "mask_logits", "pixel_embeddings", "semantic_logits")}
+  with tf.GradientTape() as tape:
+    result = KMaXLoss()(dict(variables, aux_outputs=outputs["aux_outputs"]),
+                        labels, seed=SEED)
+  values = _numpy(result)
+  assert values["pq_style"] > 0
+  assert values["mask_id"] == values["instance_discrimination"] == 0.0
+  assert values["semantic"] == 0.0
+  grads = tape.gradient(result["total"], list(variables.values()))
+  assert np.abs(grads[0].numpy()).sum() > 0   # class logits pushed to void
+  for grad in grads:
+    assert grad is None or np.all(np.isfinite(grad.numpy()))
+
+
+def test_bfloat16_outputs_are_accepted():
+  outputs, labels = _case(num_aux=1)
+  low = {k: tf.cast(v, tf.bfloat16) for k, v in outputs.items()
+         if k != "aux_outputs"}
+  low["aux_outputs"] = [{k: tf.cast(v, tf.bfloat16) for k, v in aux.items()}
+                        for aux in outputs["aux_outputs"]]
+  loss = KMaXLoss(instance_discrimination_sample_k=0)
+  full, half = _numpy(loss(outputs, labels)), _numpy(loss(low, labels))
+  assert all(v.dtype == tf.float32 for v in loss(low, labels).values())
+  np.testing.assert_allclose(half["total"], full["total"], rtol=0.05)
