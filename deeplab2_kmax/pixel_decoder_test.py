@@ -1,0 +1,57 @@
+"""Tests for the kMaX pixel decoder."""
+
+import numpy as np
+import pytest
+
+from deeplab2_kmax import pixel_decoder
+from deeplab2_kmax.layers import test_utils
+
+TINY = dict(dims=(8, 8, 4, 4), num_blocks=(1, 2, 1, 1), num_heads=2)
+CITYSCAPES_TINY = dict(dims=(8, 8, 4, 4, 2), num_blocks=(1, 1, 1, 1, 1),
+                       block_types=("axial", "axial", "bottleneck", "bottleneck",
+                                    "bottleneck"), num_heads=2)
+
+
+def _endpoints(channels=(8, 12, 16, 20), sizes=(9, 5, 3, 2), seed=0, prefix="res"):
+  rng = np.random.default_rng(seed)
+  return {f"{prefix}{level}": rng.normal(size=(2, s, s, c)).astype("float32")
+          for level, c, s in zip((2, 3, 4, 5), channels, sizes)}
+
+
+def test_tiny_decoder_shapes_and_endpoint_preference():
+  decoder = pixel_decoder.KMaXPixelDecoder(**TINY)
+  endpoints = _endpoints()
+  outputs = decoder(endpoints)
+  assert [tuple(o.shape) for o in outputs] == [
+      (2, 2, 2, 32), (2, 3, 3, 32), (2, 5, 5, 16), (2, 9, 9, 16)]
+  # Un-activated "stage*" features win over "res*" when both exist.
+  staged = dict(endpoints)
+  staged.update({k.replace("res", "stage"): v + 1.0 for k, v in endpoints.items()})
+  with_stage = decoder(staged)[-1]
+  staged["res5"] = staged["res5"] * 0.0
+  np.testing.assert_array_equal(np.asarray(decoder(staged)[-1]),
+                                np.asarray(with_stage))
+  clone = pixel_decoder.KMaXPixelDecoder.from_config(decoder.get_config())
+  assert clone.get_config() == decoder.get_config()
+  with pytest.raises(ValueError, match="missing"):
+    decoder({"res5": endpoints["res5"]})
+
+
+def test_stride2_stage_with_and_without_stem():
+  endpoints = _endpoints()
+  decoder = pixel_decoder.KMaXPixelDecoder(**CITYSCAPES_TINY)
+  outputs = decoder(endpoints)  # no stem (e.g. ConvNeXt): 2 * 9 - 1 grid
+  assert tuple(outputs[-1].shape) == (2, 17, 17, 8)
+  endpoints["stem"] = np.ones((2, 17, 17, 6), "float32")
+  decoder = pixel_decoder.KMaXPixelDecoder(**CITYSCAPES_TINY)
+  outputs = decoder(endpoints)
+  assert tuple(outputs[-1].shape) == (2, 17, 17, 8)
+  assert decoder.fusions[-1].skip_conv is not None
+
+
+def test_full_size_parameter_count():
+  decoder = pixel_decoder.KMaXPixelDecoder()
+  decoder(_endpoints((256, 512, 1024, 2048), (7, 4, 2, 2)))
+  count = test_utils.count_params(decoder)
+  assert abs(count - 21.15e6) / 21.15e6 < 0.02  # KMAX.md split
+  assert count == 21151040
