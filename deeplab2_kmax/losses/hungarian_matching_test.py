@@ -104,3 +104,12 @@ def test_rejects_more_gt_slots_than_predictions():
 def test_assignment_matrix_is_one_hot_with_empty_padding_rows():
   mat = assignment_matrix(tf.constant([[2, -1, 0]]), 3).numpy()
   np.testing.assert_array_equal(mat[0], [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
+
+
+def test_unknown_batch_size_in_graph_mode():
+  fn = tf.function(hungarian_matching, input_signature=[
+      tf.TensorSpec([None, 5, 3], tf.float32), tf.TensorSpec([None, 3], tf.bool)])
+  rng = np.random.default_rng(11)
+  cost = rng.normal(size=(3, 5, 3)).astype(np.float32)
+  valid = rng.random((3, 3)) < 0.7
+  _check_optimal(cost, valid, fn(cost, valid).numpy())
