@@ -151,6 +151,9 @@ class KMaXDeepLab(keras.Model):
         head_channels=semantic_channels, activation=activation, norm_config=nc,
         name="semantic_branch")
 
+  def build(self, input_shape):
+    pass  # sub-layers create their weights on the first call (shapes are dynamic)
+
   def call(self, images, training=False):
     training = bool(training)
     x = ops.cast(images, "float32") / 127.5 - 1.0

@@ -1,0 +1,129 @@
+"""Tests for the full KMaXDeepLab model at tiny sizes."""
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax import model as model_lib
+from deeplab2_kmax.layers import test_utils
+
+TINY = dict(num_queries=16, pixel_decoder_dims=(16, 8, 8, 8), axial_num_heads=2,
+            pixel_decoder_blocks=(1, 1, 1, 1), decoder_layers=(1, 1, 1),
+            decoder_channels=32, decoder_key_depth=16, decoder_value_depth=32,
+            decoder_num_heads=2, ffn_channels=64, embedding_dim=16,
+            pixel_head_channels=32, semantic_channels=16,
+            semantic_low_level_channels=(8, 8))
+
+
+@keras.saving.register_keras_serializable(package="deeplab2_kmax_test")
+class StandInBackbone(keras.layers.Layer):
+  """Four stride-2 convs: res2..res5 at strides 4/8/16/32 ('same' = ceil sizes)."""
+
+  def __init__(self, width=8, **kwargs):
+    super().__init__(**kwargs)
+    self.width = width
+    self.stem = keras.layers.Conv2D(width, 3, strides=4, padding="same")
+    self.convs = [keras.layers.Conv2D(width * 2 ** i, 3, strides=2, padding="same")
+                  for i in range(1, 4)]
+    self.last_input = None
+
+  def build(self, input_shape):
+    pass  # convs build on first call
+
+  def call(self, x, training=False):
+    self.last_input = x
+    out = {"res2": self.stem(x)}
+    for level, conv in zip((3, 4, 5), self.convs):
+      out[f"res{level}"] = conv(out[f"res{level - 1}"])
+    return out
+
+  def get_config(self):
+    return {**super().get_config(), "width": self.width}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  return model_lib.KMaXDeepLab(3, backbone=StandInBackbone(), **TINY)
+
+
+def _images(batch=2, size=33, seed=0):
+  return np.random.default_rng(seed).uniform(0, 255, (batch, size, size, 3)).astype(
+      "float32")
+
+
+def test_output_contract(tiny_model):
+  images = _images()
+  out = tiny_model(images, training=True)
+  assert out["class_logits"].shape == (2, 16, 4)
+  assert out["mask_logits"].shape == (2, 9, 9, 16)
+  assert out["pixel_embeddings"].shape == (2, 9, 9, 16)
+  assert out["semantic_logits"].shape == (2, 9, 9, 3)
+  assert len(out["aux_outputs"]) == 3
+  for aux in out["aux_outputs"]:
+    assert {k: tuple(v.shape) for k, v in aux.items()} == {
+        "class_logits": (2, 16, 4), "mask_logits": (2, 9, 9, 16),
+        "pixel_embeddings": (2, 9, 9, 16)}
+  assert [tuple(a.shape) for a in out["cluster_assignments"]] == [
+      (2, 2, 2), (2, 3, 3), (2, 5, 5)]
+  np.testing.assert_allclose(np.asarray(tiny_model.backbone.last_input),
+                             images / 127.5 - 1.0, atol=1e-6)
+  inference = tiny_model(images, training=False)
+  assert "semantic_logits" not in inference
+  assert isinstance(tiny_model.semantic_branch, keras.layers.Layer)
+  semantic_ids = {id(w) for w in tiny_model.semantic_branch.trainable_weights}
+  assert semantic_ids and semantic_ids < {id(w) for w in tiny_model.trainable_weights}
+
+
+def test_graph_dynamic_shapes_and_xla_match_eager(tiny_model):
+  images = _images(seed=1)
+  eager = tiny_model(images, training=False)
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+  graph = tf.function(lambda x: tiny_model(x, training=False), input_signature=[spec])
+  xla = tf.function(lambda x: tiny_model(x, training=False), jit_compile=True)
+  for fn in (graph, xla):
+    got = fn(images)
+    for key in ("class_logits", "mask_logits", "pixel_embeddings"):
+      np.testing.assert_allclose(got[key].numpy(), np.asarray(eager[key]),
+                                 atol=1e-4, rtol=1e-4)
+    for a, b in zip(got["cluster_assignments"], eager["cluster_assignments"]):
+      assert np.mean(a.numpy() == np.asarray(b)) > 0.95  # argmax ties may flip
+  out = graph(_images(batch=1, size=65))
+  assert out["mask_logits"].shape == (1, 17, 17, 16)
+
+
+def test_get_config_round_trip(tiny_model):
+  config = tiny_model.get_config()
+  clone = model_lib.KMaXDeepLab.from_config(config)
+  assert clone.get_config() == config
+  images = _images(batch=1)
+  tiny_model(images, training=True)
+  clone(images, training=True)  # builds the semantic branch too
+  clone.set_weights(tiny_model.get_weights())
+  np.testing.assert_allclose(np.asarray(clone(images)["mask_logits"]),
+                             np.asarray(tiny_model(images)["mask_logits"]),
+                             atol=1e-5)
+
+
+def test_build_model_from_gin_with_named_backbone():
+  gin.clear_config()
+  try:
+    gin.parse_config(
+        "build_model.backbone = 'resnet50'\n"
+        "build_model.backbone_kwargs = {'depths': (1, 1, 1, 1), "
+        "'width_multiplier': 0.125, 'stem_width_multiplier': 0.25}\n"
+        "build_model.interaction = 'dual_path_kmeans_cross_attention'\n"
+        "build_model.norm_config = {'momentum': 0.9}\n"
+        + "".join(f"build_model.{k} = {v!r}\n" for k, v in TINY.items()))
+    model = model_lib.build_model(num_classes=2)
+  finally:
+    gin.clear_config()
+  assert model.interaction == "dual_path_kmeans_cross_attention"
+  out = model(_images(batch=1), training=True)
+  assert out["class_logits"].shape == (1, 16, 3)
+  assert out["mask_logits"].shape == (1, 9, 9, 16)
+  assert len(out["aux_outputs"]) == 3
+  inference_params = test_utils.count_params(model) - test_utils.count_params(
+      model.semantic_branch)
+  assert 0 < inference_params < test_utils.count_params(model)
