@@ -5,7 +5,9 @@ mask). We compute exactly the same result with O(H·W) work done once:
 
 * binary mask n = {pixels whose softmax-over-masks probability > pixel_confidence}. With
   pixel_confidence >= 1/3 a pixel lies in at most two binary masks (three probabilities
-  > 1/3 cannot sum to 1), so the top-2 probabilities of each pixel describe all masks.
+  > 1/3 cannot sum to 1), so the top-2 probabilities of each pixel describe all masks;
+  the second one can only pass where c < p1 < 1 - c, a thin set of boundary pixels that
+  is gathered sparsely (the dense work is one softmax, one max and one argmax).
 * mask n's not-yet-painted area when it is reached is |m_n| - sum over earlier kept masks
   j of |m_n ∩ m_j| (no pixel of m_n is counted twice: it has at most one other mask). So
   the sequential keep decisions only need the N x N pairwise-overlap matrix, built with
@@ -31,6 +33,9 @@ import tensorflow as tf
 def upsample_mask_logits(mask_logits: tf.Tensor, output_size) -> tf.Tensor:
   """Bilinear, align-corners resize of [B, Hs, Ws, N] logits to output_size (H, W)."""
   return tf.compat.v1.image.resize_bilinear(mask_logits, output_size, align_corners=True)
+
+
+_CHUNK_GRID_ROWS = 16  # grid rows upsampled at once (64 image rows)
 
 
 def _scatter_add(values, segment_ids, num_segments):
@@ -103,6 +108,67 @@ class MaskWiseMerger:
                          conf >= self.stuff_threshold)
     return cls, conf, is_thing, confident
 
+  # ------------------------------------------------------------------ pixels
+  def pixel_top2(self, mask_logits: tf.Tensor, output_size=None, original_size=None):
+    """Best mask per pixel and, sparsely, the second best where it may pass the threshold.
+
+    The upsampled logits are never materialized whole: row slabs of
+    `_CHUNK_GRID_ROWS` grid rows are upsampled (exact with align corners on the
+    stride-4 grid, as deeplab2's `pieces`), soft-maxed and reduced one after the other.
+    Returns p1, i1 [B, h, w]; where2 int64 [P, 3] (b, y, x) of the pixels with
+    c < p1 < 1 - c; p2, i2 [P] their second probability and mask.
+    """
+    n = mask_logits.shape[-1]
+    shape = tf.shape(mask_logits)
+    hs, ws = shape[1], shape[2]
+    full_h, full_w = 4 * (hs - 1) + 1, 4 * (ws - 1) + 1
+    if output_size is not None:
+      tf.debugging.assert_equal(
+          tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
+          message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
+          "mask logits of a 4k+1 input)")
+    crop_h, crop_w = ((full_h, full_w) if original_size is None else
+                      (tf.minimum(original_size[0], full_h),
+                       tf.minimum(original_size[1], full_w)))
+    gh = tf.minimum(hs, (crop_h + 2) // 4 + 1)  # grid rows covering the crop
+    gw = tf.minimum(ws, (crop_w + 2) // 4 + 1)
+    logits = mask_logits[:, :gh, :gw, :]
+    up_w = 4 * (gw - 1) + 1
+    num_chunks = tf.maximum(1, (gh - 1 + _CHUNK_GRID_ROWS - 1) // _CHUNK_GRID_ROWS)
+    c_lo = self.pixel_confidence
+    c_hi = 1.0 - self.pixel_confidence + 1e-4  # p2 <= 1 - p1 (+ rounding)
+
+    def body(c, p1_ta, i1_ta, w_ta, p2_ta, i2_ta):
+      g0 = c * _CHUNK_GRID_ROWS
+      g1 = tf.minimum(g0 + _CHUNK_GRID_ROWS, gh - 1)
+      up = upsample_mask_logits(logits[:, g0:g1 + 1], tf.stack([4 * (g1 - g0) + 1, up_w]))
+      rows = tf.where(tf.equal(c, num_chunks - 1), 4 * (g1 - g0) + 1, 4 * (g1 - g0))
+      rows = tf.minimum(rows, crop_h - 4 * g0)
+      probs = tf.nn.softmax(up[:, :rows, :crop_w, :], axis=-1)
+      p1 = tf.reduce_max(probs, axis=-1)
+      i1 = tf.argmax(probs, axis=-1, output_type=tf.int32)
+      where2 = tf.where((p1 > c_lo) & (p1 < c_hi))
+      second = tf.gather_nd(probs, where2)  # [P, N]
+      first = tf.one_hot(tf.gather_nd(i1, where2), n, on_value=True, off_value=False)
+      second = tf.where(first, -1.0, second)
+      where2 = where2 + tf.stack([0, 4 * tf.cast(g0, tf.int64), 0])
+      return (c + 1, p1_ta.write(c, tf.transpose(p1, [1, 0, 2])),
+              i1_ta.write(c, tf.transpose(i1, [1, 0, 2])), w_ta.write(c, where2),
+              p2_ta.write(c, tf.reduce_max(second, axis=-1)),
+              i2_ta.write(c, tf.argmax(second, axis=-1, output_type=tf.int32)))
+
+    def array(dtype):
+      return tf.TensorArray(dtype, size=num_chunks, infer_shape=False)
+
+    _, p1_ta, i1_ta, w_ta, p2_ta, i2_ta = tf.while_loop(
+        lambda c, *_: c < num_chunks, body,
+        (tf.constant(0), array(tf.float32), array(tf.int32), array(tf.int64),
+         array(tf.float32), array(tf.int32)))
+    p1 = tf.transpose(p1_ta.concat(), [1, 0, 2])
+    i1 = tf.transpose(i1_ta.concat(), [1, 0, 2])
+    return (p1, i1, tf.reshape(w_ta.concat(), [-1, 3]), tf.reshape(p2_ta.concat(), [-1]),
+            tf.reshape(i2_ta.concat(), [-1]))
+
   # ------------------------------------------------------------------ main
   def __call__(self, outputs: Dict[str, tf.Tensor], output_size=None,
                original_size: Optional[Sequence] = None) -> Dict[str, tf.Tensor]:
@@ -115,34 +181,28 @@ class MaskWiseMerger:
     if num_masks >= self.label_divisor:
       raise ValueError(f"{num_masks} masks need instance ids up to {num_masks}, which "
                        f"must stay below label_divisor={self.label_divisor}")
-    if output_size is None:
-      shape = tf.shape(mask_logits)
-      output_size = (4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1)
-    logits = upsample_mask_logits(mask_logits, output_size)
-    if original_size is not None:
-      logits = logits[:, :original_size[0], :original_size[1], :]
     cls, conf, is_thing, confident = self.classify(class_logits)
-
-    shape = tf.shape(logits)
-    batch, height, width = shape[0], shape[1], shape[2]
+    p1, i1, where2, p2, i2 = self.pixel_top2(mask_logits, output_size, original_size)
+    shape = tf.shape(p1)
+    batch = shape[0]
     n = num_masks
-    # Top-2 masks of each pixel and their softmax probabilities.
-    top_logits, top_idx = tf.math.top_k(logits, k=2, sorted=True)
-    lse = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
-    top_prob = tf.exp(top_logits - lse)  # [B, H, W, 2]
-    covered = top_prob > self.pixel_confidence
-    batch_offset = tf.range(batch, dtype=tf.int32)[:, None, None, None] * n
-    seg = top_idx + batch_offset  # [B, H, W, 2] ids into B*N
-    covered_f = tf.cast(covered, tf.float32)
-    area = tf.reshape(_scatter_add(covered_f, seg, batch * n), [batch, n])
-    prob_sum = tf.reshape(_scatter_add(top_prob * covered_f, seg, batch * n), [batch, n])
+    cov1 = p1 > self.pixel_confidence
+    cov2 = p2 > self.pixel_confidence
+    i1_at = tf.gather_nd(i1, where2)
+    b2 = tf.cast(where2[:, 0], tf.int32)
+
+    seg1 = i1 + tf.range(batch, dtype=tf.int32)[:, None, None] * n
+    seg2 = i2 + b2 * n
+    cov1_f = tf.cast(cov1, tf.float32)
+    cov2_f = tf.cast(cov2, tf.float32)
+    area = tf.reshape(_scatter_add(cov1_f, seg1, batch * n)
+                      + _scatter_add(cov2_f, seg2, batch * n), [batch, n])
+    prob_sum = tf.reshape(_scatter_add(p1 * cov1_f, seg1, batch * n)
+                          + _scatter_add(p2 * cov2_f, seg2, batch * n), [batch, n])
     mask_score = tf.math.divide_no_nan(prob_sum, area)
-    # Pairwise overlaps: pixels covered by both top masks.
-    both = covered[..., 1]
-    pair_id = (tf.range(batch, dtype=tf.int32)[:, None, None] * n * n
-               + top_idx[..., 0] * n + top_idx[..., 1])
-    overlap = tf.reshape(
-        _scatter_add(tf.cast(both, tf.float32), pair_id, batch * n * n), [batch, n, n])
+    # Pairwise overlaps: pixels covered by two masks.
+    pair_id = b2 * n * n + i1_at * n + i2
+    overlap = tf.reshape(_scatter_add(cov2_f, pair_id, batch * n * n), [batch, n, n])
     overlap = overlap + tf.transpose(overlap, [0, 2, 1])
 
     # Score order (stable, descending) as deeplab2.
@@ -163,7 +223,7 @@ class MaskWiseMerger:
       return conf_ok_s & (area_s - taken > limit)
 
     def body(i, keep, _):
-      new = step(keep)
+      new = tf.ensure_shape(step(keep), keep.shape)
       return i + 1, new, tf.reduce_any(tf.not_equal(new, keep))
 
     _, keep_s, _ = tf.while_loop(lambda i, k, changed: changed & (i <= n), body,
@@ -171,9 +231,11 @@ class MaskWiseMerger:
     keep = tf.gather(keep_s, rank, batch_dims=1)  # back to mask order
 
     # Owner of each pixel: the earliest kept mask among its (<= 2) covering masks.
-    keep_pix = tf.gather(keep, top_idx, batch_dims=1) & covered  # [B, H, W, 2]
-    rank_pix = tf.gather(rank, top_idx, batch_dims=1)
-    owner_rank = tf.reduce_min(tf.where(keep_pix, rank_pix, n), axis=-1)  # n = none
+    owner_rank = tf.where(cov1 & tf.gather(keep, i1, batch_dims=1),
+                          tf.gather(rank, i1, batch_dims=1), n)  # n = none
+    rank2 = tf.where(cov2 & tf.gather_nd(keep, tf.stack([b2, i2], -1)),
+                     tf.gather_nd(rank, tf.stack([b2, i2], -1)), n)
+    owner_rank = tf.tensor_scatter_nd_min(owner_rank, where2, rank2)
     # Painted areas per mask (in rank space), then deeplab2's area filters.
     owner_flat = owner_rank + tf.range(batch, dtype=tf.int32)[:, None, None] * (n + 1)
     painted_s = tf.reshape(
