@@ -19,8 +19,8 @@ One JSON line per config: {"gin_file", "params", "params_total", "gmacs", ...}.
 
 The model is built with `build_model(num_classes=...)` after parsing the gin file;
 num_classes comes from --num_classes, else from a gin binding of build_model.num_classes,
-else 133 (COCO). Variables are created by one eager call on a small image; the
-full-size graph is only traced, never run.
+else 133 (COCO). Variables are created by one eager training-mode call on a small
+image; the full-size inference graph is only traced, never run.
 """
 
 import json
@@ -68,7 +68,9 @@ flags.DEFINE_integer("width", 1200, "Input width.")
 flags.DEFINE_integer("num_classes", None, "Classes (default: gin binding, else 133).")
 flags.DEFINE_bool("breakdown", False, "Add per-part params and GMACs.")
 flags.DEFINE_bool("all", False, "Run every config of PAPER_TARGETS; print a table.")
-flags.DEFINE_string("root", ".", "Repository root the config paths are relative to.")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+flags.DEFINE_string("root", REPO_ROOT, "Repository root (config paths and gin "
+                    "`include`s are relative to it).")
 
 
 def _silence_tf():
@@ -164,7 +166,8 @@ def model_stats(height: int, width: int, num_classes: Optional[int] = None,
       num_classes = 133
   keras.backend.clear_session()
   model = model_lib.build_model(num_classes=num_classes)
-  model(np.zeros((1, 65, 65, 3), "float32"), training=False)
+  # Build every weight (the semantic branch runs only in training) on a small image.
+  model(np.zeros((1, 65, 65, 3), "float32"), training=True)
   semantic = getattr(model, "semantic_branch", None)
   semantic_ids = ({id(w) for w in semantic.trainable_weights}
                   if semantic is not None else set())
@@ -194,7 +197,20 @@ def model_stats(height: int, width: int, num_classes: Optional[int] = None,
   return stats
 
 
-def stats_for_config(gin_files: List[str], bindings: Sequence[str] = (), **kwargs):
+def register_configurables():
+  """Imports every module whose configurables the model configs bind."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from deeplab2_kmax import backbones
+  from deeplab2_kmax import model
+  from deeplab2_kmax import post_processing
+
+
+def stats_for_config(gin_files: List[str], bindings: Sequence[str] = (),
+                     root: str = REPO_ROOT, **kwargs):
+  """Parses the gin files (includes relative to `root`) and returns model_stats."""
+  register_configurables()
+  if root not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+    gin.add_config_file_search_path(root)
   gin.clear_config()
   gin.parse_config_files_and_bindings(gin_files, list(bindings))
   try:
@@ -228,7 +244,7 @@ def main(argv):
     rows = []
     for gin_file in PAPER_TARGETS:
       stats = stats_for_config([os.path.join(FLAGS.root, gin_file)],
-                               FLAGS.gin_bindings, height=FLAGS.height,
+                               FLAGS.gin_bindings, root=FLAGS.root, height=FLAGS.height,
                                width=FLAGS.width, num_classes=FLAGS.num_classes,
                                breakdown=FLAGS.breakdown)
       row = {"gin_file": gin_file, **stats}
@@ -241,7 +257,8 @@ def main(argv):
   for path in FLAGS.gin_file:
     if not os.path.exists(path):
       raise app.UsageError(f"--gin_file: no such file {path}")
-  stats = stats_for_config(FLAGS.gin_file, FLAGS.gin_bindings, height=FLAGS.height,
+  stats = stats_for_config(FLAGS.gin_file, FLAGS.gin_bindings, root=FLAGS.root,
+                           height=FLAGS.height,
                            width=FLAGS.width, num_classes=FLAGS.num_classes,
                            breakdown=FLAGS.breakdown)
   print(json.dumps({"gin_file": ",".join(FLAGS.gin_file), **stats}))
