@@ -52,16 +52,23 @@ class _IdTable:
   """Reusable 2^24 lookup table from segment id to compact label (reset after use)."""
 
   def __init__(self):
-    self.table = np.full(_ID_SPACE, -1, np.int32)
+    self.table = np.full(_ID_SPACE, -1, np.int16)
+    self.wide = None  # int32 table, only for images with > 32766 segments
 
   def labels(self, ids: np.ndarray, seg_ids: Sequence[int]) -> np.ndarray:
     seg_ids = np.asarray(seg_ids, np.int64)
-    self.table[0] = 0
-    self.table[seg_ids] = np.arange(1, len(seg_ids) + 1, dtype=np.int32)
+    if len(seg_ids) >= np.iinfo(np.int16).max - 1:
+      if self.wide is None:
+        self.wide = np.full(_ID_SPACE, -1, np.int32)
+      table = self.wide
+    else:
+      table = self.table
+    table[0] = 0
+    table[seg_ids] = np.arange(1, len(seg_ids) + 1)
     try:
-      return self.table[ids]
+      return np.take(table, ids)
     finally:
-      self.table[seg_ids] = -1
+      table[seg_ids] = -1
 
 
 # ------------------------------------------------------------------ one image pair
@@ -98,6 +105,7 @@ def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str
 
   gt_lab = table.labels(gt_ids, gt_keys)
   if gt_lab.min() < 0:  # ids not listed in the gt JSON: neither void nor segments
+    gt_lab = gt_lab.astype(np.int32)
     gt_lab[gt_lab < 0] = len(gt_keys) + 1
   pred_lab = table.labels(pred_ids, pred_keys)
   if pred_lab.min() < 0:

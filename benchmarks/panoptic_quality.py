@@ -1,0 +1,158 @@
+r"""Offline PQ speed: ours (evaluation.panoptic_quality) vs cocodataset/panopticapi.
+
+  python benchmarks/panoptic_quality.py [--num_images=200] [--data_dir=/tmp/pq_bench]
+
+Writes synthetic Cityscapes-size (1024x512) ground-truth/prediction PNG + JSON pairs
+(~38 segments per image, crowd and void regions), then times our pq_compute (all
+CPUs) and, when panopticapi is importable (it is not on PyPI: put a checkout on
+PYTHONPATH, outside this repository), panopticapi's single-process
+pq_compute_single_core on the same files, and checks the numbers agree. Prints one JSON
+object per line.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from evaluation import panoptic_quality as pqm  # pylint: disable=g-import-not-at-top
+from evaluation import writers  # pylint: disable=g-import-not-at-top
+
+STUFF = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23]
+THING = [24, 25, 26, 27, 28, 31, 32, 33]
+CATEGORIES = ([{"id": c, "name": f"s{c}", "isthing": 0} for c in STUFF]
+              + [{"id": c, "name": f"t{c}", "isthing": 1} for c in THING])
+
+
+def _make_pair(rng, h, w):
+  """(gt ids, gt segments, pred ids, pred segments) of one synthetic image."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  gt = np.zeros((h, w), np.uint32)
+  gsegs, psegs = [], []
+  # 10 stuff bands with wavy boundaries.
+  bounds = np.sort(rng.uniform(0, h, 9))
+  wave = (np.sin(xx / rng.uniform(40, 120) + rng.uniform(0, 6)) * 15).astype(np.int32)
+  band = np.searchsorted(bounds, yy + wave)
+  stuff_cats = rng.choice(STUFF, 10)
+  for b in range(10):
+    sid = 1000 + b
+    gt[band == b] = sid
+    gsegs.append([sid, int(stuff_cats[b]), 0])
+  # 28 thing instances (ellipses), 3 of them crowd.
+  for k in range(28):
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    ry, rx = rng.uniform(8, 60), rng.uniform(8, 90)
+    sid = 5000 + k
+    gt[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = sid
+    gsegs.append([sid, int(rng.choice(THING)), int(k < 3)])
+  gt[:, :12] = 0  # void border
+  gt[rng.random((h, w)) < 0.002] = 0
+  # Prediction: shifted copy, some relabelled or dropped, plus spurious blobs.
+  pred = np.roll(gt, (int(rng.integers(-6, 7)), int(rng.integers(-6, 7))), axis=(0, 1))
+  pred = pred.copy()
+  cat_of = {s: c for s, c, _ in gsegs}
+  for s, c, _ in gsegs:
+    r = rng.random()
+    if r < 0.1:
+      pred[pred == s] = 0
+    elif r < 0.2:
+      cat_of[s] = int(rng.choice(THING if c in THING else STUFF))
+  for k in range(4):
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    sid = 9000 + k
+    pred[((yy - cy) / 30) ** 2 + ((xx - cx) / 50) ** 2 < 1] = sid
+    cat_of[sid] = int(rng.choice(THING))
+  ids = [int(i) for i in np.unique(pred) if i != 0]
+  psegs = [[s, cat_of[s], 0] for s in ids]
+  present = set(int(i) for i in np.unique(gt))
+  gsegs = [g for g in gsegs if g[0] in present]
+  return gt, gsegs, pred, psegs
+
+
+def make_dataset(data_dir, num_images, h=512, w=1024, seed=0):
+  marker = os.path.join(data_dir, f"done_{num_images}_{h}x{w}")
+  if os.path.exists(marker):
+    return
+  rng = np.random.default_rng(seed)
+  anns = {"gt": [], "pred": []}
+  for i in range(num_images):
+    gt, gsegs, pred, psegs = _make_pair(rng, h, w)
+    for name, ids, segs in (("gt", gt, gsegs), ("pred", pred, psegs)):
+      writers.write_id_png(os.path.join(data_dir, name, f"{i}.png"), ids)
+      values, counts = np.unique(ids, return_counts=True)
+      area = dict(zip(values.tolist(), counts.tolist()))
+      info = [{"id": s, "category_id": c, "iscrowd": cr, "area": area[s]}
+              for s, c, cr in segs]
+      anns[name].append({"image_id": i, "file_name": f"{i}.png", "segments_info": info})
+  for name in ("gt", "pred"):
+    with open(os.path.join(data_dir, f"{name}.json"), "w") as f:
+      json.dump({"annotations": anns[name], "categories": CATEGORIES}, f)
+  open(marker, "w").close()
+
+
+def _max_diff(a, b):
+  diffs = [abs(a[s][k] - b[s][k]) for s in ("All", "Things", "Stuff")
+           for k in ("pq", "sq", "rq", "n")]
+  diffs += [abs(a["per_class"][c][k] - b["per_class"][c][k])
+            for c in a["per_class"] for k in ("pq", "sq", "rq")]
+  return max(diffs)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--num_images", type=int, default=200)
+  parser.add_argument("--data_dir", default="/tmp/pq_bench")
+  parser.add_argument("--num_workers", type=int, default=0)
+  args = parser.parse_args()
+  t0 = time.perf_counter()
+  make_dataset(args.data_dir, args.num_images)
+  print(json.dumps({"stage": "data", "num_images": args.num_images,
+                    "seconds": round(time.perf_counter() - t0, 2)}), flush=True)
+  files = dict(gt_json_file=os.path.join(args.data_dir, "gt.json"),
+               pred_json_file=os.path.join(args.data_dir, "pred.json"),
+               gt_folder=os.path.join(args.data_dir, "gt"),
+               pred_folder=os.path.join(args.data_dir, "pred"))
+  t0 = time.perf_counter()
+  ours = pqm.pq_compute(**files, num_workers=args.num_workers, progress=False)
+  t_ours = time.perf_counter() - t0
+  print(json.dumps({"impl": "ours", "workers": args.num_workers or os.cpu_count(),
+                    "seconds": round(t_ours, 3), "pq": ours["All"]["pq"],
+                    "n": ours["All"]["n"]}), flush=True)
+  try:
+    from panopticapi import evaluation as papi  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    print(json.dumps({"impl": "panopticapi", "skipped": "not importable"}))
+    return
+  with open(files["gt_json_file"]) as f:
+    gt_json = json.load(f)
+  with open(files["pred_json_file"]) as f:
+    pred_json = json.load(f)
+  cats = {c["id"]: c for c in gt_json["categories"]}
+  pred_by_id = {a["image_id"]: a for a in pred_json["annotations"]}
+  pairs = [(a, pred_by_id[a["image_id"]]) for a in gt_json["annotations"]]
+  t0 = time.perf_counter()
+  with contextlib.redirect_stdout(io.StringIO()):
+    stat = papi.pq_compute_single_core(0, pairs, files["gt_folder"], files["pred_folder"],
+                                       cats)
+  theirs = {}
+  for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+    theirs[name], per_class = stat.pq_average(cats, isthing=isthing)
+    if name == "All":
+      theirs["per_class"] = {str(k): v for k, v in per_class.items()}
+  t_theirs = time.perf_counter() - t0
+  print(json.dumps({"impl": "panopticapi_single_process", "seconds": round(t_theirs, 3),
+                    "pq": theirs["All"]["pq"], "n": theirs["All"]["n"]}), flush=True)
+  print(json.dumps({"speedup": round(t_theirs / t_ours, 2),
+                    "ms_per_pair_ours": round(1000 * t_ours / args.num_images, 2),
+                    "ms_per_pair_panopticapi": round(1000 * t_theirs / args.num_images, 2),
+                    "max_abs_diff": _max_diff(ours, theirs)}), flush=True)
+
+
+if __name__ == "__main__":
+  main()
