@@ -126,10 +126,15 @@ def test_cityscapes_post_processing_and_decoder():
   bound = gin.get_bindings("build_model")
   assert bound["pixel_decoder_dims"] == (512, 256, 128, 64, 32)
   assert not bound["use_semantic_decoder"]
+  # COCO uses MaskWiseMerger's defaults (not bound, so model-only callers need not
+  # import post_processing).
   _parse("configs/coco/kmax_r50.gin")
-  merger = gin.get_bindings("MaskWiseMerger")
-  assert (merger["thing_threshold"], merger["stuff_threshold"],
-          merger["overlap_threshold"]) == (0.7, 0.5, 0.8)
+  assert not gin.get_bindings("MaskWiseMerger")
+  from deeplab2_kmax import post_processing  # pylint: disable=g-import-not-at-top
+  defaults = inspect.signature(post_processing.MaskWiseMerger.__init__).parameters
+  assert (defaults["thing_threshold"].default, defaults["stuff_threshold"].default,
+          defaults["overlap_threshold"].default, defaults["thing_area_limit"].default,
+          defaults["stuff_area_limit"].default) == (0.7, 0.5, 0.8, 400, 6400)
 
 
 @pytest.mark.parametrize("dataset,steps,lr,batch,crop,scales", [

@@ -61,16 +61,20 @@ PAPER_TARGETS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin config file(s).")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-flags.DEFINE_integer("height", 800, "Input height.")
-flags.DEFINE_integer("width", 1200, "Input width.")
-flags.DEFINE_integer("num_classes", None, "Classes (default: gin binding, else 133).")
-flags.DEFINE_bool("breakdown", False, "Add per-part params and GMACs.")
-flags.DEFINE_bool("all", False, "Run every config of PAPER_TARGETS; print a table.")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-flags.DEFINE_string("root", REPO_ROOT, "Repository root (config paths and gin "
-                    "`include`s are relative to it).")
+
+
+def define_flags():
+  """CLI flags (defined only when run as a program, so other CLIs can import us)."""
+  flags.DEFINE_multi_string("gin_file", [], "Gin config file(s).")
+  flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+  flags.DEFINE_integer("height", 800, "Input height.")
+  flags.DEFINE_integer("width", 1200, "Input width.")
+  flags.DEFINE_integer("num_classes", None, "Classes (default: gin binding, else 133).")
+  flags.DEFINE_bool("breakdown", False, "Add per-part params and GMACs.")
+  flags.DEFINE_bool("all", False, "Run every config of PAPER_TARGETS; print a table.")
+  flags.DEFINE_string("root", REPO_ROOT, "Repository root (config paths and gin "
+                      "`include`s are relative to it).")
 
 
 def _silence_tf():
@@ -265,4 +269,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

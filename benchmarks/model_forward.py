@@ -1,0 +1,162 @@
+"""Forward-pass speed of the kMaX model on this CPU, graph mode and XLA.
+
+    python benchmarks/model_forward.py [--gin_file=configs/coco/kmax_r50.gin]
+        [--sizes=641,1281] [--repeats=10] [--modes=graph,xla] [--post_process]
+
+Prints one JSON line per (size, mode): the median (and min) wall time of
+`model(x, training=False)` for one random image (batch 1) inside a `tf.function`
+(mode "graph") or `tf.function(jit_compile=True)` (mode "xla"); with --post_process the
+timed function also runs the mask-wise merge (`post_processing.MaskWiseMerger`, COCO
+settings) at the input resolution. Also reported: the MACs of the forward (from
+`tools/model_stats`), the achieved GFLOP/s = 2·MACs / time, and the GFLOP/s of a large
+float32 matmul measured in the same run (the machine's practical peak), plus the
+deeplab2 reference numbers of `shared/spec/TARGETS.md` and our ratio to them.
+A first line {"bench": "matmul", ...} gives the matmul reference itself.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("gin_file", "configs/coco/kmax_r50.gin", "Model config.")
+flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
+flags.DEFINE_list("sizes", ["641", "1281"], "Square input sizes.")
+flags.DEFINE_list("modes", ["graph", "xla"], "graph and/or xla.")
+flags.DEFINE_integer("repeats", 10, "Timed runs per (size, mode).")
+flags.DEFINE_integer("warmup", 2, "Untimed runs after compilation.")
+flags.DEFINE_bool("post_process", False, "Time forward + mask-wise merge.")
+flags.DEFINE_integer("num_classes", 133, "Classes (COCO 133).")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the reference float32 matmul.")
+
+# deeplab2 (TF 2.15.1, random weights, 2-core Zen 5) — shared/spec/TARGETS.md.
+DEEPLAB2_SECONDS = {
+    ("graph", False, 641): 0.742, ("graph", True, 641): 1.155,
+    ("graph", False, 1281): 2.965, ("graph", True, 1281): 4.530,
+    ("xla", False, 641): 2.11, ("xla", False, 1281): 7.90,
+}
+# Targets for ours / deeplab2 (XLA: no slower than our own graph mode).
+TARGET_RATIO = {("graph", False): 0.85, ("graph", True): 0.6}
+COCO_NUM_THING_CLASSES = 80  # COCO panoptic train ids 0..79 are the things
+
+
+def _median_time(fn, args, repeats, warmup):
+  for _ in range(warmup):
+    _block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), min(times)
+
+
+def _block(outputs):
+  for t in tf.nest.flatten(outputs):
+    if hasattr(t, "numpy"):
+      t.numpy()
+
+
+def matmul_gflops(size: int, repeats: int) -> float:
+  a = tf.random.normal((size, size))
+  b = tf.random.normal((size, size))
+  fn = tf.function(tf.linalg.matmul)
+  median, _ = _median_time(fn, (a, b), max(repeats, 3), 2)
+  return 2.0 * size ** 3 / median / 1e9
+
+
+def build_model():
+  from deeplab2_kmax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.tools import model_stats  # pylint: disable=g-import-not-at-top
+  model_stats.register_configurables()
+  gin.add_config_file_search_path(model_stats.REPO_ROOT)
+  gin.parse_config_files_and_bindings([FLAGS.gin_file], FLAGS.gin_bindings)
+  model = model_lib.build_model(num_classes=FLAGS.num_classes)
+  model(np.zeros((1, 65, 65, 3), "float32"), training=False)
+  return model
+
+
+def make_forward(model, size, mode, merger):
+  def forward(images):
+    outputs = model(images, training=False)
+    if merger is not None:
+      return merger(outputs, output_size=(size, size))
+    return {"class_logits": outputs["class_logits"],
+            "mask_logits": outputs["mask_logits"]}
+  return tf.function(forward, jit_compile=(mode == "xla"), autograph=False)
+
+
+def main(argv):
+  del argv
+  from deeplab2_kmax.tools import model_stats  # pylint: disable=g-import-not-at-top
+  matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
+  print(json.dumps({"bench": "matmul", "size": FLAGS.matmul_size,
+                    "gflops_per_s": round(matmul, 1)}), flush=True)
+  model = build_model()
+  merger = None
+  if FLAGS.post_process:
+    from deeplab2_kmax import post_processing  # pylint: disable=g-import-not-at-top
+    merger = post_processing.MaskWiseMerger(
+        thing_train_ids=list(range(COCO_NUM_THING_CLASSES)), label_divisor=256,
+        ignore_label=255)
+  for size in [int(s) for s in FLAGS.sizes]:
+    graph_median = None
+    spec = tf.TensorSpec((1, size, size, 3), tf.float32)
+    model_graph = tf.function(lambda x: model(x, training=False),
+                              autograph=False).get_concrete_function(spec).graph
+    macs = model_stats.graph_macs(model_graph)["total"]
+    images = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
+    for mode in FLAGS.modes:
+      record = {"bench": "model_forward", "gin_file": FLAGS.gin_file, "size": size,
+                "batch": 1, "mode": mode, "post_process": FLAGS.post_process,
+                "repeats": FLAGS.repeats, "gmacs": round(macs / 1e9, 2),
+                "matmul_gflops_per_s": round(matmul, 1)}
+      try:
+        fn = make_forward(model, size, mode, merger)
+        start = time.perf_counter()
+        _block(fn(images))
+        record["first_call_s"] = round(time.perf_counter() - start, 3)
+        median, fastest = _median_time(fn, (images,), FLAGS.repeats, FLAGS.warmup)
+      except Exception as e:  # pylint: disable=broad-except
+        record["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        print(json.dumps(record), flush=True)
+        continue
+      gflops = 2.0 * macs / median / 1e9
+      record.update({
+          "median_s": round(median, 4), "min_s": round(fastest, 4),
+          "gflops_per_s": round(gflops, 1),
+          "fraction_of_matmul": round(gflops / matmul, 3),
+          "max_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                               / 2 ** 20, 2),
+      })
+      baseline = DEEPLAB2_SECONDS.get((mode, FLAGS.post_process, size))
+      if baseline is not None:
+        record["deeplab2_s"] = baseline
+        record["ratio_to_deeplab2"] = round(median / baseline, 3)
+        target = TARGET_RATIO.get((mode, FLAGS.post_process))
+        if target is not None:
+          record["target_ratio"] = target
+          record["meets_target"] = median / baseline <= target
+      if mode == "graph":
+        graph_median = median
+      elif graph_median is not None:
+        record["ratio_to_our_graph"] = round(median / graph_median, 3)
+        record["meets_target"] = median <= graph_median
+      print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+  sys.setrecursionlimit(10000)
+  app.run(main)
