@@ -127,3 +127,38 @@ def write_cityscapes_panoptic(output_dir: str, image_name: str, panoptic: np.nda
   file_name = image_id + "_panoptic.png"
   write_id_png(os.path.join(output_dir, file_name), ids)
   return {"image_id": image_id, "file_name": file_name, "segments_info": segments}
+
+
+class CityscapesPanopticWriter:
+  """Collects Cityscapes panoptic predictions: `<out>/<name>/*.png` + `<out>/<name>.json`.
+
+  The layout of cityscapesscripts' `createPanopticImgs` (COCO panoptic with Cityscapes
+  label ids): evaluate with `csEvalPanopticSemanticLabeling --prediction-json-file
+  <out>/<name>.json --prediction-folder <out>/<name>`. `train_id_to_label_id` maps our
+  train ids to Cityscapes label ids (e.g. 0 -> 7 road, 11 -> 24 person).
+  """
+
+  def __init__(self, output_dir: str, categories: List[Dict], label_divisor: int,
+               ignore_label: int, thing_train_ids: Sequence[int],
+               train_id_to_label_id: Sequence[int],
+               name: str = "cityscapes_panoptic_val"):
+    self.png_dir = os.path.join(output_dir, name)
+    self.json_path = os.path.join(output_dir, name + ".json")
+    os.makedirs(self.png_dir, exist_ok=True)
+    self.categories = categories
+    self.kwargs = dict(label_divisor=label_divisor, ignore_label=ignore_label,
+                       thing_train_ids=list(thing_train_ids),
+                       train_id_to_label_id=list(train_id_to_label_id))
+    self.annotations = []
+
+  def add(self, image_name: str, panoptic: np.ndarray,
+          scores: Optional[Dict[int, float]] = None) -> Dict:
+    ann = write_cityscapes_panoptic(self.png_dir, image_name, panoptic, scores=scores,
+                                    **self.kwargs)
+    self.annotations.append(ann)
+    return ann
+
+  def close(self) -> str:
+    with open(self.json_path, "w") as f:
+      json.dump({"annotations": self.annotations, "categories": self.categories}, f)
+    return self.json_path
