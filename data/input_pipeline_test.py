@@ -209,3 +209,19 @@ def test_random_crop_and_flip_flips_some_of_the_time():
     np.testing.assert_array_equal(im[..., 0], lb)
     flips += flipped
   assert 3 <= flips <= 17
+
+
+def test_iterator_checkpoint_resumes_exactly(tmp_path):
+  pans = [hand_label(12 + i, 14) for i in range(3)]
+  _write_record(tmp_path / "train-00000-of-00001.tfrecord",
+                [(_code_image(p)[0], p) for p in pans])
+  it = iter(_train_ds(str(tmp_path / "train-*"), 3, min_scale=0.5, max_scale=1.5))
+  for _ in range(2):
+    next(it)
+  ckpt = tf.train.Checkpoint(iterator=it)
+  prefix = ckpt.save(str(tmp_path / "ckpt" / "it"))
+  first = [next(it) for _ in range(3)]
+  ckpt.restore(prefix)
+  for (f1, l1), (f2, l2) in zip(first, [next(it) for _ in range(3)]):
+    np.testing.assert_array_equal(f1["image"], f2["image"])
+    np.testing.assert_array_equal(l1["panoptic"], l2["panoptic"])
