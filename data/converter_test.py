@@ -1,5 +1,6 @@
 """Converter: convert -> dump round trip, validation errors, resume, determinism, CLI."""
 import glob
+import io
 import json
 import os
 import subprocess
@@ -216,3 +217,12 @@ def test_dataset_info_merges_splits_and_rejects_other_categories(synthetic, tmp_
   _edit_json(other, lambda o: o["categories"].append({"id": 99, "name": "x", "isthing": 0}))
   with pytest.raises(DataValidationError, match="different categories"):
     _convert(other, tmp_path / "rec", num_shards=1)
+
+
+def test_cmyk_jpeg_is_stored_as_rgb_png(tmp_path):
+  rgb = np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)
+  Image.fromarray(rgb).convert("CMYK").save(tmp_path / "x.jpg", quality=100)
+  data, fmt, h, w = panoptic_io.read_image(str(tmp_path / "x.jpg"))
+  assert (fmt, h, w) == ("png", 8, 10)
+  expected = np.asarray(Image.open(tmp_path / "x.jpg").convert("RGB"))
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), expected)

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 
 MAX_PNG_VALUE = 256 ** 3 - 1
+# Image modes whose original bytes tf.io.decode_image(channels=3) decodes as intended.
+_TF_SAFE_MODES = {"jpeg": ("RGB", "L"), "png": ("RGB", "RGBA", "L", "LA", "P")}
 
 
 class DataValidationError(ValueError):
@@ -77,6 +79,9 @@ def read_image(path: str) -> tuple[bytes, str, int, int]:
       fmt = (im.format or "").lower()
       im.load()
       width, height = im.size
+      if fmt in ("jpeg", "png") and im.mode not in _TF_SAFE_MODES[fmt]:
+        # e.g. CMYK JPEG or 16-bit PNG: store a lossless 8-bit RGB PNG instead.
+        data, fmt = encode_png(np.asarray(im.convert("RGB"))), "png"
   except (OSError, SyntaxError, ValueError) as e:
     raise DataValidationError(f"{path}: unreadable or corrupt image ({e})") from e
   if fmt not in ("jpeg", "png"):
