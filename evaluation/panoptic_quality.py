@@ -34,12 +34,12 @@ def read_id_png(path: str) -> np.ndarray:
   try:
     img = Image.open(path)
     img.load()
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, SyntaxError) as e:
     raise PanopticFormatError(f"cannot read panoptic PNG {path}: {e}") from e
   if img.mode == "RGB":
-    # RGBX pads a 4th byte of 255; the little-endian uint32 view is then id + 255 << 24.
-    arr = np.asarray(img.convert("RGBX")).view(np.uint32)[..., 0]
-    return arr & np.uint32(0xFFFFFF)
+    # RGBA pads a 4th byte of 255 (PIL's fastest 4-byte layout to hand to numpy); the
+    # little-endian uint32 view is then id + (255 << 24).
+    img = img.convert("RGBA")
   if img.mode == "RGBA":
     return np.asarray(img).view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
   arr = np.asarray(img)

@@ -66,8 +66,9 @@ def intersection_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray, num_gt: 
   pred labels are 0 (void) or 1..num_pred.
   """
   cols = num_pred + 1
-  keys = gt_labels.reshape(-1).astype(np.int64, copy=False) * cols
-  keys += pred_labels.reshape(-1)
+  dtype = np.int32 if (num_gt + 2) * cols < 2 ** 31 else np.int64
+  keys = gt_labels.reshape(-1).astype(dtype) * dtype(cols)
+  keys += pred_labels.reshape(-1).astype(dtype, copy=False)
   counts = np.bincount(keys, minlength=(num_gt + 2) * cols)
   return counts.reshape(num_gt + 2, cols)
 
