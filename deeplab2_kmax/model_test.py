@@ -76,6 +76,22 @@ def test_output_contract(tiny_model):
   assert semantic_ids and semantic_ids < {id(w) for w in tiny_model.trainable_weights}
 
 
+def test_every_weight_is_trained_by_the_outputs(tiny_model):
+  """A loss over all outputs reaches every trainable weight (nothing disconnected)."""
+  images = _images(batch=2, seed=2)
+  with tf.GradientTape() as tape:
+    out = tiny_model(images, training=True)
+    predictions = [out] + out["aux_outputs"]
+    loss = tf.reduce_mean(out["semantic_logits"] ** 2)
+    for p in predictions:
+      loss += tf.reduce_mean(tf.nn.log_softmax(p["mask_logits"])[..., 0])
+      loss += tf.reduce_mean(p["class_logits"] ** 2)
+      loss += tf.reduce_mean(p["pixel_embeddings"][..., 0])
+  grads = tape.gradient(loss, tiny_model.trainable_weights)
+  missing = [w.path for w, g in zip(tiny_model.trainable_weights, grads) if g is None]
+  assert not missing
+
+
 def test_graph_dynamic_shapes_and_xla_match_eager(tiny_model):
   images = _images(seed=1)
   eager = tiny_model(images, training=False)

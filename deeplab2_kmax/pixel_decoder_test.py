@@ -55,3 +55,21 @@ def test_full_size_parameter_count():
   count = test_utils.count_params(decoder)
   assert abs(count - 21.15e6) / 21.15e6 < 0.02  # KMAX.md split
   assert count == 21151040
+
+
+def test_resized_fuse_matches_manual_computation_and_round_trips():
+  rng = np.random.default_rng(3)
+  decoder_feature = rng.normal(size=(1, 3, 3, 6)).astype("float32")
+  skip = rng.normal(size=(1, 5, 5, 4)).astype("float32")
+  fuse = pixel_decoder.ResizedFuse(4, activation="relu")
+  out = np.asarray(fuse(decoder_feature, skip, training=False))
+  assert fuse.skip_conv is None  # the skip already has the target width
+  projected = np.asarray(fuse.decoder_conv(np.maximum(decoder_feature, 0)))
+  # 3 -> 5 with aligned corners: even outputs are exact, odd ones are midpoints.
+  up = np.zeros((1, 5, 5, 4), "float32")
+  up[:, ::2, ::2] = projected
+  up[:, 1::2, ::2] = (projected[:, :-1] + projected[:, 1:]) / 2
+  up[:, :, 1::2] = (up[:, :, :-1:2] + up[:, :, 2::2]) / 2
+  np.testing.assert_allclose(out, up + skip, atol=1e-5)
+  clone = pixel_decoder.ResizedFuse.from_config(fuse.get_config())
+  assert clone.get_config() == fuse.get_config()
