@@ -16,6 +16,8 @@ mask). We compute exactly the same result with O(H·W) work done once:
   fixed-point iteration on N-vectors (iteration i fixes the first i masks, and the
   unique fixed point is the sequential answer); it usually stops after a few steps.
 * each pixel belongs to the first kept mask (in score order) among its <= 2 masks.
+* the ordering score class_prob × mask_score uses mask scores from the stride-4 grid, as
+  deeplab2's kMaX does (it passes stride-4 logits to the post-processor).
 * area filters as deeplab2: thing segments by their painted area, stuff by the painted
   area of all segments of the class (stuff masks of one class merge into one segment).
 
@@ -169,6 +171,21 @@ class MaskWiseMerger:
     return (p1, i1, tf.reshape(w_ta.concat(), [-1, 3]), tf.reshape(p2_ta.concat(), [-1]),
             tf.reshape(i2_ta.concat(), [-1]))
 
+  def mask_scores(self, mask_logits: tf.Tensor, original_size=None) -> tf.Tensor:
+    """[B, N] mean probability inside each binary mask, on the stride-4 grid.
+
+    deeplab2's kMaX hands the post-processor stride-4 logits and computes these
+    ordering scores before upsampling (only painting and areas use full resolution).
+    We use the grid points covering the original image.
+    """
+    grid = mask_logits
+    if original_size is not None:
+      grid = grid[:, :(original_size[0] + 2) // 4 + 1, :(original_size[1] + 2) // 4 + 1]
+    probs = tf.nn.softmax(grid, axis=-1)
+    binary = tf.cast(probs > self.pixel_confidence, tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(probs * binary, axis=[1, 2]),
+                                 tf.reduce_sum(binary, axis=[1, 2]))
+
   # ------------------------------------------------------------------ main
   def __call__(self, outputs: Dict[str, tf.Tensor], output_size=None,
                original_size: Optional[Sequence] = None) -> Dict[str, tf.Tensor]:
@@ -197,9 +214,7 @@ class MaskWiseMerger:
     cov2_f = tf.cast(cov2, tf.float32)
     area = tf.reshape(_scatter_add(cov1_f, seg1, batch * n)
                       + _scatter_add(cov2_f, seg2, batch * n), [batch, n])
-    prob_sum = tf.reshape(_scatter_add(p1 * cov1_f, seg1, batch * n)
-                          + _scatter_add(p2 * cov2_f, seg2, batch * n), [batch, n])
-    mask_score = tf.math.divide_no_nan(prob_sum, area)
+    mask_score = self.mask_scores(mask_logits, original_size)
     # Pairwise overlaps: pixels covered by two masks.
     pair_id = b2 * n * n + i1_at * n + i2
     overlap = tf.reshape(_scatter_add(cov2_f, pair_id, batch * n * n), [batch, n, n])

@@ -13,9 +13,13 @@ def _softmax(x, axis=-1):
   return e / e.sum(axis=axis, keepdims=True)
 
 
-def reference_merge(class_logits, logits, thing_ids, divisor, ignore, t_thing, t_stuff,
-                    pixel_conf, overlap, thing_area, stuff_area):
-  """deeplab2's sequential mask-wise merging for one image. logits: [H, W, N] upsampled."""
+def reference_merge(class_logits, grid_logits, logits, thing_ids, divisor, ignore, t_thing,
+                    t_stuff, pixel_conf, overlap, thing_area, stuff_area):
+  """deeplab2's sequential mask-wise merging for one image.
+
+  grid_logits: [Hs, Ws, N] stride-4 logits (mask scores for the order, as deeplab2);
+  logits: [H, W, N] upsampled (painting and areas).
+  """
   num_classes = class_logits.shape[-1] - 1
   probs = _softmax(class_logits.astype(np.float64))[:, :-1]
   cls = probs.argmax(-1)
@@ -24,8 +28,10 @@ def reference_merge(class_logits, logits, thing_ids, divisor, ignore, t_thing, t
   confident = np.where(is_thing, conf >= t_thing, conf >= t_stuff)
   p = _softmax(logits.astype(np.float32))
   binary = p > pixel_conf
-  area = binary.sum((0, 1))
-  score = np.where(area > 0, (p * binary).sum((0, 1)) / np.maximum(area, 1), 0.0)
+  pg = _softmax(grid_logits.astype(np.float32))
+  bg = pg > pixel_conf
+  count = bg.sum((0, 1))
+  score = np.where(count > 0, (pg * bg).sum((0, 1)) / np.maximum(count, 1), 0.0)
   order = np.argsort(-(conf * score), kind="stable")
   canvas = np.zeros(logits.shape[:2], np.int64)  # position + 1 of the painting mask
   stats = {"kept": 0, "rejected_overlap": 0}
@@ -76,10 +82,12 @@ def _compare(merger, class_logits, mask_logits, original_size=None):
   stats_all = []
   for b in range(class_logits.shape[0]):
     logits = up[b]
+    grid = mask_logits[b]
     if original_size is not None:
       logits = logits[:original_size[0], :original_size[1]]
+      grid = grid[:(original_size[0] + 2) // 4 + 1, :(original_size[1] + 2) // 4 + 1]
     want, stats = reference_merge(
-        class_logits[b], logits, merger.thing_train_ids, merger.label_divisor,
+        class_logits[b], grid, logits, merger.thing_train_ids, merger.label_divisor,
         merger.ignore_label, merger.thing_threshold, merger.stuff_threshold,
         merger.pixel_confidence, merger.overlap_threshold, merger.thing_area_limit,
         merger.stuff_area_limit)
