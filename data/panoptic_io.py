@@ -30,7 +30,7 @@ class DataValidationError(ValueError):
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
   rgb = np.asarray(rgb).astype(np.int64)
-  return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+  return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
@@ -115,12 +115,10 @@ def coco_to_internal(ids: np.ndarray, segments_info: Sequence[dict[str, Any]],
   segments get instance 0 (several crowd segments of one class merge, as in PQ).
   """
   d = spec.label_divisor
+  out = np.full(ids.shape, spec.ignore_label * d, dtype=np.int32)
+  assigned = ids == 0
   seen: set[int] = set()
   next_instance: dict[int, int] = {}
-  present, inverse = np.unique(ids, return_inverse=True)
-  inverse = inverse.reshape(ids.shape)
-  index_of = {int(v): i for i, v in enumerate(present)}
-  values = np.full(len(present), spec.ignore_label * d, dtype=np.int64)
   for seg in segments_info:
     try:
       seg_id, cat = int(seg["id"]), int(seg["category_id"])
@@ -134,7 +132,8 @@ def coco_to_internal(ids: np.ndarray, segments_info: Sequence[dict[str, Any]],
     if cat not in spec.category_to_train_id:
       raise DataValidationError(
           f"{source}: segment {seg_id} has unknown category_id {cat}")
-    if seg_id not in index_of:
+    mask = ids == seg_id  # k masks of N pixels: cheaper than sorting N pixels
+    if not mask.any():
       raise DataValidationError(
           f"{source}: segment {seg_id} (category {cat}) is in the JSON but not in the PNG")
     train_id = spec.category_to_train_id[cat]
@@ -147,12 +146,13 @@ def coco_to_internal(ids: np.ndarray, segments_info: Sequence[dict[str, Any]],
       next_instance[train_id] = instance + 1
     else:
       instance = 0
-    values[index_of[seg_id]] = train_id * d + instance
-  missing = [int(v) for v in present if v != 0 and int(v) not in seen]
-  if missing:
+    out[mask] = train_id * d + instance
+    assigned |= mask
+  if not assigned.all():
+    missing = np.unique(ids[~assigned])
     raise DataValidationError(
-        f"{source}: segment ids {missing[:10]} are in the PNG but not in the JSON")
-  return values[inverse].astype(np.int32)
+        f"{source}: segment ids {missing[:10].tolist()} are in the PNG but not in the JSON")
+  return out
 
 
 def internal_to_coco(label: np.ndarray, spec: LabelSpec,
