@@ -129,12 +129,10 @@ def parse_input_size(text: Optional[str]):
   return inference.check_input_size(values)
 
 
-def main(argv):
-  del argv
-  from absl import flags
+def run(f) -> str:
+  """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
   from data.dataset_info import DatasetInfo
 
-  f = flags.FLAGS
   info = DatasetInfo.load(f.dataset_info) if f.dataset_info else None
   if info is None:
     raise ValueError("--dataset_info is required (the converter's dataset_info.json)")
@@ -142,18 +140,31 @@ def main(argv):
                                        parse_input_size(f.input_size))
   path = export_saved_model(predictor, info, f.output_dir, f.version)
   print(f"exported SavedModel to {path}")
+  return path
 
 
-def define_flags():
+def main(argv):
+  del argv
   from absl import flags
-  flags.DEFINE_multi_string("gin_file", [], "gin config(s) the checkpoint was trained with")
-  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
-  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir")
-  flags.DEFINE_string("dataset_info", "", "the converter's dataset_info.json")
-  flags.DEFINE_string("output_dir", "", "TF Serving base folder; writes <output_dir>/<version>")
+  run(flags.FLAGS)
+
+
+def define_flags(flag_values=None):
+  """Defines this CLI's flags on `flag_values` (default: absl's global FLAGS)."""
+  from absl import flags
+  on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
+  flags.DEFINE_multi_string("gin_file", [], "gin config(s) the checkpoint was trained with",
+                            **on)
+  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
+  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
+                      **on)
+  flags.DEFINE_string("dataset_info", "", "the converter's dataset_info.json", **on)
+  flags.DEFINE_string("output_dir", "", "TF Serving base folder; writes <output_dir>/<version>",
+                      **on)
   flags.DEFINE_string("input_size", "", "optional H,W (32k+1): resize to fit + pad to this; "
-                      "default: pad each image to the next 32k+1 size, no resizing")
-  flags.DEFINE_integer("version", None, "version folder number (default: next free, from 1)")
+                      "default: pad each image to the next 32k+1 size, no resizing", **on)
+  flags.DEFINE_integer("version", None, "version folder number (default: next free, from 1)",
+                       **on)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,104 @@ def test_parse_input_size():
   assert export.parse_input_size("641,513") == (641, 513)
   with pytest.raises(ValueError, match="--input_size"):
     export.parse_input_size("641x513")
+
+
+# ------------------------------------------------------------ the real model, via the CLI
+TINY_GIN = """
+build_model.backbone = "resnet50"
+build_model.backbone_kwargs = {"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
+                               "stem_width_multiplier": 0.25}
+build_model.num_queries = 16
+build_model.pixel_decoder_dims = (16, 8, 8, 8)
+build_model.axial_num_heads = 2
+build_model.pixel_decoder_blocks = (1, 1, 1, 1)
+build_model.decoder_layers = (1, 1, 1)
+build_model.decoder_channels = 32
+build_model.decoder_key_depth = 16
+build_model.decoder_value_depth = 32
+build_model.decoder_num_heads = 2
+build_model.ffn_channels = 64
+build_model.embedding_dim = 16
+build_model.pixel_head_channels = 32
+build_model.semantic_channels = 16
+build_model.semantic_low_level_channels = (8, 8)
+# An untrained model is not confident: keep every mask so that maps have segments.
+MaskWiseMerger.thing_threshold = 0.0
+MaskWiseMerger.stuff_threshold = 0.0
+MaskWiseMerger.pixel_confidence = 0.34
+MaskWiseMerger.thing_area_limit = 1
+MaskWiseMerger.stuff_area_limit = 1
+# Bindings of modules inference does not import are skipped.
+train.num_steps = 3
+"""
+
+
+def write_tiny_checkpoint(folder):
+  """A tiny real KMaXDeepLab checkpoint written as the trainer does (CheckpointManager,
+  with a step). Returns (gin path, checkpoint prefix, dataset_info path)."""
+  import gin
+  from deeplab2_kmax import backbones  # noqa: F401  (gin configurables)
+  from deeplab2_kmax.model import build_model
+
+  folder = str(folder)
+  gin_path = os.path.join(folder, "tiny.gin")
+  with open(gin_path, "w") as f:
+    f.write(TINY_GIN)
+  os.makedirs(os.path.join(folder, "model"), exist_ok=True)
+  info_path = _info().save(os.path.join(folder, "model"))
+  gin.clear_config()
+  gin.parse_config_files_and_bindings([gin_path], [], skip_unknown=True)
+  model = build_model(num_classes=3)
+  gin.clear_config()
+  model(tf.zeros([1, 65, 65, 3]), training=False)
+  missing = inference.untracked_variables(model)
+  if missing:  # a model bug, reported by restore_model too; the test resumes once fixed
+    pytest.xfail(f"KMaXDeepLab: {len(missing)} variables not tracked by "
+                 f"tf.train.Checkpoint (layers in Python lists), e.g. {missing[:2]}")
+  for v in model.variables:
+    # A trained model's masks are confident (sharp mask logits); an untrained one's are
+    # not and would give empty maps. Raise the learned temperature of the mask logits.
+    if v.path.endswith("mask_logits_bn/gamma"):
+      v.assign(tf.fill(v.shape, 30.0))
+  ckpt = tf.train.Checkpoint(model=model, step=tf.Variable(3, dtype=tf.int64))
+  prefix = tf.train.CheckpointManager(ckpt, os.path.join(folder, "model"), 2).save()
+  return gin_path, prefix, info_path
+
+
+def run_cli(module, argv):
+  """Runs a CLI module's `run` on its own absl FlagValues (no global flag state)."""
+  from absl import flags
+  fv = flags.FlagValues()
+  module.define_flags(fv)
+  fv([module.__name__] + list(argv))
+  return module.run(fv)
+
+
+@pytest.mark.slow  # builds, checkpoints and exports a real (tiny) model: ~30 s on 2 cores
+def test_export_cli_real_model_equals_python_path(tmp_path):
+  gin_path, prefix, info_path = write_tiny_checkpoint(tmp_path)
+  path = run_cli(export, [f"--gin_file={gin_path}", f"--checkpoint={prefix}",
+                          f"--dataset_info={info_path}", f"--output_dir={tmp_path / 's'}"])
+  assert path == str(tmp_path / "s" / "1")
+  loaded = tf.saved_model.load(path)
+  predictor = inference.load_predictor([gin_path], [], prefix, info_path)
+  for h, w in [(33, 33), (50, 70)]:
+    image = random_image(h, w, seed=h * w)
+    want = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
+    assert want["num_segments"] >= 2
+    by_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([tf.io.encode_png(image).numpy()]))
+    by_array = loaded.signatures["serve_images"](images=tf.constant(image[None]))
+    for key, name in export.OUTPUT_NAMES.items():
+      if key != "image_size":
+        np.testing.assert_array_equal(by_bytes[name][0].numpy(), want[key], err_msg=name)
+        np.testing.assert_array_equal(by_array[name][0].numpy(), want[key], err_msg=name)
+
+
+def test_cli_errors_name_the_flag(tmp_path):
+  with pytest.raises(ValueError, match="--checkpoint=.*no such checkpoint"):
+    inference.resolve_checkpoint(str(tmp_path / "ckpt-1"))
+  with pytest.raises(ValueError, match="--checkpoint=.*holds no checkpoint"):
+    inference.resolve_checkpoint(str(tmp_path))
+  with pytest.raises(ValueError, match="--gin_file=.*no such file"):
+    inference.load_predictor([str(tmp_path / "x.gin")], [], "ckpt", _info())

@@ -8,14 +8,14 @@ construction. This module is the only place where resize / pad / crop logic live
 Geometry (documented choice):
 * Default (`input_size=None`): no resizing. The image is padded at the bottom and right
   with the mean pixel 127.5 (0 after the model's `x / 127.5 - 1`) to the smallest
-  `32k + 1` size (k >= 1) holding it, so the stride-4 mask grid point i sits exactly on
-  pixel 4i (align corners).
+  `32k + 1` size (k >= 1) holding it, so mask grid point i (stride s = 4, or 2 with
+  the five-stage Cityscapes decoder) sits exactly on pixel s·i (align corners).
 * `input_size=(H, W)` (both `32k + 1`): the deeplab2 evaluation protocol. The image is
   resized (bilinear, aspect ratio kept) to fit inside H x W, then padded to H x W.
 * The model runs on one image at a time (batch 1), so a prediction never depends on
   the other images of a request nor on a batch's common padded size.
-* Only the mask-logit grid points covering the (resized) image are kept: the merger
-  upsamples them (align corners) to `4(g - 1) + 1 >= h` pixels and crops them to the
+* Only the g mask-logit grid points covering the (resized) image are kept: the merger
+  upsamples them (align corners) to `s(g - 1) + 1 >= h` pixels and crops them to the
   image before merging, so padding never counts toward a segment's area or score; when
   the image was resized, the maps go back to the original size by nearest-neighbour
   resizing.
@@ -26,7 +26,6 @@ import tensorflow as tf
 
 PAD_VALUE = 127.5
 OUTPUT_STRIDE = 32
-MASK_STRIDE = 4
 MAP_KEYS = ("panoptic", "semantic", "instance")
 SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores")
 
@@ -77,9 +76,17 @@ def prepare_image(image: tf.Tensor, input_size: Optional[Tuple[int, int]] = None
   return x[tf.newaxis], inner
 
 
-def covering_grid(length):
-  """Number of stride-4 grid points (align corners) covering pixels 0..length-1."""
-  return (length - 1 + MASK_STRIDE - 1) // MASK_STRIDE + 1
+def covering_grid(length, stride):
+  """Number of grid points of a `stride` grid (align corners) covering pixels
+  0..length-1."""
+  return (length - 1 + stride - 1) // stride + 1
+
+
+def mask_stride(padded_size, mask_logits):
+  """The mask grid's stride (4; 2 for the five-stage Cityscapes pixel decoder), read
+  from the shapes: a 32k+1 input gives a (32k / s) + 1 grid."""
+  grid = tf.shape(mask_logits)[1:3]
+  return (padded_size - 1) // tf.maximum(grid - 1, 1)
 
 
 class PanopticPredictor(tf.Module):
@@ -106,21 +113,23 @@ class PanopticPredictor(tf.Module):
     return self.ignore_label * self.label_divisor
 
   def run_model(self, image):
-    """(model outputs on the padded image, size of the image inside the padding)."""
+    """(model outputs on the padded image, size of the image inside the padding,
+    padded size)."""
     x, inner = prepare_image(image, self.input_size)
-    return self.model(x, training=False), inner
+    return self.model(x, training=False), inner, tf.shape(x)[1:3]
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
   def predict_image(self, image) -> Dict[str, tf.Tensor]:
     """uint8 [h, w, 3] -> {panoptic/semantic/instance: int32 [h, w], segment_ids /
     segment_classes: int32 [N], segment_scores: float32 [N], num_segments: int32 []}."""
-    outputs, inner = self.run_model(image)
-    grid = covering_grid(inner)
+    outputs, inner, padded = self.run_model(image)
+    stride = mask_stride(padded, outputs["mask_logits"])
+    grid = covering_grid(inner, stride)
     cropped = {"class_logits": outputs["class_logits"],
                "mask_logits": outputs["mask_logits"][:, :grid[0], :grid[1], :]}
     if "pixel_embeddings" in outputs:
       cropped["pixel_embeddings"] = outputs["pixel_embeddings"][:, :grid[0], :grid[1], :]
-    merged_size = (grid - 1) * MASK_STRIDE + 1
+    merged_size = (grid - 1) * stride + 1
     merged = self.merger(cropped, (merged_size[0], merged_size[1]),
                          original_size=(inner[0], inner[1]))
     shape = tf.shape(image)
@@ -207,12 +216,29 @@ def resolve_checkpoint(checkpoint: str) -> str:
   return checkpoint
 
 
+def untracked_variables(model):
+  """Paths of model variables that `tf.train.Checkpoint(model=model)` cannot see (and so
+  never saves nor restores), e.g. those of layers kept in plain Python lists under
+  Keras 3. Random-number generator states are ignored (inference draws none)."""
+  checkpoint = tf.train.Checkpoint(model=model)
+  tracked = {id(obj) for obj in tf.train.TrackableView(checkpoint).descendants()}
+  return [v.path for v in model.variables
+          if id(v) not in tracked and not v.path.endswith("seed_generator_state")]
+
+
 def restore_model(model, checkpoint: str, dummy_size: int = 65):
   """Builds the model's variables on a dummy image, then restores `checkpoint` and
   checks that every model variable received a value."""
   model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
   prefix = resolve_checkpoint(checkpoint)
-  status = tf.train.Checkpoint(model=model).restore(prefix)
+  missing = untracked_variables(model)
+  if missing:
+    raise ValueError(
+        f"--checkpoint={prefix}: {len(missing)} of {len(model.variables)} model variables "
+        f"are invisible to tf.train.Checkpoint(model=model), so no checkpoint holds them "
+        f"(first: {missing[:3]}); under Keras 3, layers kept in Python lists are not "
+        "tracked by TF checkpoints: the model code must assign them as attributes")
+  status = tf.train.Checkpoint(model=model).read(prefix)
   try:
     status.assert_existing_objects_matched()
   except AssertionError as e:
@@ -228,6 +254,9 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   Python path every CLI shares)."""
   import gin
   from data.dataset_info import as_dataset_info
+  # Every gin-configurable module must be imported before parsing (gin locks the
+  # config afterwards); model.py imports the backbones lazily.
+  from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
   from deeplab2_kmax.model import build_model
   from deeplab2_kmax.post_processing import MaskWiseMerger
 
@@ -237,7 +266,12 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
     if not tf.io.gfile.exists(path):
       raise ValueError(f"--gin_file={path}: no such file")
   info = as_dataset_info(dataset_info)
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings or []))
+  # skip_unknown: training configs also bind the trainer / input pipeline, which
+  # inference does not import; bindings of the model and merger are still checked.
+  # unlock: a process may build several predictors (parsing locks the config).
+  with gin.unlock_config():
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings or []),
+                                        skip_unknown=True)
   model = build_model(num_classes=info.num_classes)
   restore_model(model, checkpoint)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,

@@ -85,7 +85,10 @@ def test_padded_length():
   assert [inference.padded_length(n) for n in (1, 33, 34, 64, 65, 66, 641)] == \
       [33, 33, 65, 65, 65, 97, 641]
   assert int(inference.padded_length(tf.constant(66))) == 97
-  assert [inference.covering_grid(n) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
+  assert [inference.covering_grid(n, 4) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
+  assert [inference.covering_grid(n, 2) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
+  assert list(inference.mask_stride(tf.constant([65, 97]), tf.zeros([1, 17, 25, 2]))) == [4, 4]
+  assert list(inference.mask_stride(tf.constant([65, 33]), tf.zeros([1, 33, 17, 2]))) == [2, 2]
 
 
 def test_check_input_size_names_the_flag():
@@ -178,3 +181,30 @@ def test_real_merger_on_cropped_grid_equals_merger_on_full_padded_output(size):
   assert pred["num_segments"] > 1
   for key in inference.MAP_KEYS + inference.SEGMENT_KEYS + ("num_segments",):
     np.testing.assert_array_equal(pred[key], full[key][0].numpy(), err_msg=key)
+
+
+def test_untracked_variables_are_refused(tmp_path):
+  class ListHolder(keras.layers.Layer):
+    def __init__(self):
+      super().__init__()
+      self.blocks = [keras.layers.Dense(3), keras.layers.Dense(3)]  # invisible to TF
+      self.head = keras.layers.Dense(2)
+
+    def call(self, x):
+      for block in self.blocks:
+        x = block(x)
+      return self.head(keras.ops.mean(x, axis=(1, 2)))
+
+  model = keras.Sequential([ListHolder()])
+  model(tf.zeros([1, 5, 5, 3]))
+  assert inference.untracked_variables(model) == [v.path for v in model.variables[:4]]
+  prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
+  with pytest.raises(ValueError, match="4 of 6 model variables are invisible"):
+    inference.restore_model(model, prefix)
+  tiny = tiny_model()
+  assert inference.untracked_variables(tiny) == []
+  prefix = tf.train.Checkpoint(model=tiny).write(str(tmp_path / "tiny-1"))
+  restored = tiny_model(seed=1)
+  inference.restore_model(restored, prefix)
+  for a, b in zip(tiny.variables, restored.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

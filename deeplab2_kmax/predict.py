@@ -127,12 +127,10 @@ def predict_files(info, run: Callable[[bytes, str], Tuple[np.ndarray, Dict]],
   return writer.close()
 
 
-def main(argv):
-  del argv
-  from absl import flags
+def run(f) -> str:
+  """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
   from deeplab2_kmax.export import parse_input_size
 
-  f = flags.FLAGS
   if f.saved_model and f.checkpoint:
     raise ValueError("pass either --saved_model or --gin_file/--checkpoint, not both")
   if f.saved_model:
@@ -147,20 +145,31 @@ def main(argv):
   json_path = predict_files(info, run, list_images(f.images), f.output_dir,
                             f.min_label_fraction)
   print(f"wrote {json_path}, {f.output_dir}/panoptic/*.png and {f.output_dir}/overlay/*.png")
+  return json_path
 
 
-def define_flags():
+def main(argv):
+  del argv
   from absl import flags
-  flags.DEFINE_string("saved_model", "", "exported SavedModel (version or base folder)")
-  flags.DEFINE_multi_string("gin_file", [], "gin config(s), with --checkpoint")
-  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
-  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir")
-  flags.DEFINE_string("dataset_info", "", "dataset_info.json, with --checkpoint")
-  flags.DEFINE_string("input_size", "", "optional H,W (32k+1), with --checkpoint")
-  flags.DEFINE_string("images", "", "glob of input images, e.g. 'photos/*.jpg'")
-  flags.DEFINE_string("output_dir", "", "where panoptic/, overlay/ and panoptic.json go")
+  run(flags.FLAGS)
+
+
+def define_flags(flag_values=None):
+  """Defines this CLI's flags on `flag_values` (default: absl's global FLAGS)."""
+  from absl import flags
+  on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
+  flags.DEFINE_string("saved_model", "", "exported SavedModel (version or base folder)", **on)
+  flags.DEFINE_multi_string("gin_file", [], "gin config(s), with --checkpoint", **on)
+  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
+  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
+                      **on)
+  flags.DEFINE_string("dataset_info", "", "dataset_info.json, with --checkpoint", **on)
+  flags.DEFINE_string("input_size", "", "optional H,W (32k+1), with --checkpoint", **on)
+  flags.DEFINE_string("images", "", "glob of input images, e.g. 'photos/*.jpg'", **on)
+  flags.DEFINE_string("output_dir", "", "where panoptic/, overlay/ and panoptic.json go",
+                      **on)
   flags.DEFINE_float("min_label_fraction", 0.01,
-                     "segments covering at least this fraction of the image get a name")
+                     "segments covering at least this fraction of the image get a name", **on)
 
 
 if __name__ == "__main__":
