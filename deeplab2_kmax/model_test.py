@@ -143,3 +143,15 @@ def test_build_model_from_gin_with_named_backbone():
   inference_params = test_utils.count_params(model) - test_utils.count_params(
       model.semantic_branch)
   assert 0 < inference_params < test_utils.count_params(model)
+
+
+def test_cityscapes_variant_stride2_outputs_without_stem():
+  config = dict(TINY, pixel_decoder_dims=(16, 8, 8, 8, 4),
+                pixel_decoder_blocks=(1, 1, 1, 1, 1), use_semantic_decoder=False)
+  model = model_lib.KMaXDeepLab(2, backbone=StandInBackbone(), **config)
+  assert model.output_stride == 2
+  out = model(_images(batch=1), training=True)
+  assert out["mask_logits"].shape == (1, 17, 17, 16)
+  assert out["pixel_embeddings"].shape == (1, 17, 17, 16)
+  assert out["aux_outputs"][0]["mask_logits"].shape == (1, 17, 17, 16)
+  assert out["semantic_logits"].shape == (1, 9, 9, 2)  # head on res5, stride-4 grid
