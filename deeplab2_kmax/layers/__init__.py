@@ -1,0 +1,8 @@
+"""Building blocks of kMaX-DeepLab (keras.ops only, backend-agnostic).
+
+normalization (BN factory, sync BN, activations), convolutions (ConvBN, DenseBN,
+DepthwiseSeparableConv), drop_path, resize (align-corners bilinear), axial_attention
+(AxialAttention1D/2D, AxialBlock), bottleneck (BottleneckBlock), attention
+(AttentionOperation), kmeans_cross_attention (cluster assignment + center update),
+transformer_layer (KMaXTransformerLayer with the four Table-1 interactions).
+"""
