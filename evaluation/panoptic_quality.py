@@ -33,14 +33,17 @@ def read_id_png(path: str) -> np.ndarray:
   """Reads a COCO-panoptic PNG into uint32 segment ids (R + 256 G + 256^2 B)."""
   try:
     img = Image.open(path)
+    if img.mode == "RGB" and len(img.tile) == 1 and hasattr(img, "_mode"):
+      # Let the decoder unpack the RGB rows straight into 4-byte RGBX pixels (PIL's
+      # RGB->RGBX unpacker) rather than decoding then converting: the little-endian
+      # uint32 view is then id + (255 << 24). Several times cheaper in CPU time.
+      img._mode = "RGBX"  # pylint: disable=protected-access
     img.load()
   except (OSError, ValueError, SyntaxError) as e:
     raise PanopticFormatError(f"cannot read panoptic PNG {path}: {e}") from e
   if img.mode == "RGB":
-    # RGBA pads a 4th byte of 255 (PIL's fastest 4-byte layout to hand to numpy); the
-    # little-endian uint32 view is then id + (255 << 24).
-    img = img.convert("RGBA")
-  if img.mode == "RGBA":
+    img = img.convert("RGBX")
+  if img.mode in ("RGBX", "RGBA"):
     return np.asarray(img).view(np.uint32)[..., 0] & np.uint32(0xFFFFFF)
   arr = np.asarray(img)
   if arr.ndim != 2:

@@ -66,9 +66,9 @@ def intersection_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray, num_gt: 
   pred labels are 0 (void) or 1..num_pred.
   """
   cols = num_pred + 1
-  dtype = np.int32 if (num_gt + 2) * cols < 2 ** 31 else np.int64
-  keys = gt_labels.reshape(-1).astype(dtype) * dtype(cols)
-  keys += pred_labels.reshape(-1).astype(dtype, copy=False)
+  keys = gt_labels.reshape(-1).astype(np.intp)  # bincount's native index type
+  keys *= cols
+  keys += pred_labels.reshape(-1)
   counts = np.bincount(keys, minlength=(num_gt + 2) * cols)
   return counts.reshape(num_gt + 2, cols)
 
