@@ -33,7 +33,8 @@ def read_id_png(path: str) -> np.ndarray:
   """Reads a COCO-panoptic PNG into uint32 segment ids (R + 256 G + 256^2 B)."""
   try:
     img = Image.open(path)
-    if img.mode == "RGB" and len(img.tile) == 1 and hasattr(img, "_mode"):
+    if (img.mode == "RGB" and hasattr(img, "_mode") and len(img.tile) == 1
+        and img.tile[0][3] in ("RGB", ("RGB",))):  # 8-bit RGB rows only
       # Let the decoder unpack the RGB rows straight into 4-byte RGBX pixels (PIL's
       # RGB->RGBX unpacker) rather than decoding then converting: the little-endian
       # uint32 view is then id + (255 << 24). Several times cheaper in CPU time.
