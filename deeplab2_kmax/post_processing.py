@@ -37,9 +37,6 @@ def upsample_mask_logits(mask_logits: tf.Tensor, output_size) -> tf.Tensor:
   return tf.compat.v1.image.resize_bilinear(mask_logits, output_size, align_corners=True)
 
 
-_CHUNK_GRID_ROWS = 16  # grid rows upsampled at once (64 image rows)
-
-
 def _scatter_add(values, segment_ids, num_segments):
   return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
 
@@ -60,6 +57,9 @@ class MaskWiseMerger:
   num_segments); "segment_scores" float32 [B, N] (class prob × mask score of the
   segment's first mask); "segment_areas" int32 [B, N]; "segment_is_thing" bool [B, N];
   "num_segments" int32 [B]. Segments are listed in score order.
+
+  chunk_grid_rows: grid rows upsampled per step (bounded memory, sparse second-best
+  masks); 0 = one dense pass with static shapes (use it under jit_compile=True).
   """
 
   def __init__(self, thing_train_ids: Sequence[int], label_divisor: int,
@@ -67,7 +67,7 @@ class MaskWiseMerger:
                stuff_threshold: float = 0.5, pixel_confidence: float = 0.4,
                overlap_threshold: float = 0.8, thing_area_limit: int = 400,
                stuff_area_limit: int = 6400, reorder_class_weight: float = 1.0,
-               reorder_mask_weight: float = 1.0):
+               reorder_mask_weight: float = 1.0, chunk_grid_rows: int = 16):
     if pixel_confidence < 1.0 / 3.0:
       raise ValueError(f"pixel_confidence={pixel_confidence}: the vectorized merge needs "
                        ">= 1/3 (at most two masks per pixel); deeplab2 configs use 0.4")
@@ -82,6 +82,7 @@ class MaskWiseMerger:
     self.stuff_area_limit = int(stuff_area_limit)
     self.reorder_class_weight = float(reorder_class_weight)
     self.reorder_mask_weight = float(reorder_mask_weight)
+    self.chunk_grid_rows = int(chunk_grid_rows)
 
   def get_config(self) -> Dict:
     return dict(thing_train_ids=self.thing_train_ids, label_divisor=self.label_divisor,
@@ -92,7 +93,8 @@ class MaskWiseMerger:
                 thing_area_limit=self.thing_area_limit,
                 stuff_area_limit=self.stuff_area_limit,
                 reorder_class_weight=self.reorder_class_weight,
-                reorder_mask_weight=self.reorder_mask_weight)
+                reorder_mask_weight=self.reorder_mask_weight,
+                chunk_grid_rows=self.chunk_grid_rows)
 
   # ------------------------------------------------------------------ mask classes
   def classify(self, class_logits: tf.Tensor):
@@ -115,7 +117,7 @@ class MaskWiseMerger:
     """Best mask per pixel and, sparsely, the second best where it may pass the threshold.
 
     The upsampled logits are never materialized whole: row slabs of
-    `_CHUNK_GRID_ROWS` grid rows are upsampled (exact with align corners on the
+    `chunk_grid_rows` grid rows are upsampled (exact with align corners on the
     stride-4 grid, as deeplab2's `pieces`), soft-maxed and reduced one after the other.
     Returns p1, i1 [B, h, w]; where2 int64 [P, 3] (b, y, x) of the pixels with
     c < p1 < 1 - c; p2, i2 [P] their second probability and mask.
@@ -136,13 +138,16 @@ class MaskWiseMerger:
     gw = tf.minimum(ws, (crop_w + 2) // 4 + 1)
     logits = mask_logits[:, :gh, :gw, :]
     up_w = 4 * (gw - 1) + 1
-    num_chunks = tf.maximum(1, (gh - 1 + _CHUNK_GRID_ROWS - 1) // _CHUNK_GRID_ROWS)
+    if self.chunk_grid_rows <= 0:
+      return self._dense_top2(logits, crop_h, crop_w)
+    rows_per_chunk = self.chunk_grid_rows
+    num_chunks = tf.maximum(1, (gh - 1 + rows_per_chunk - 1) // rows_per_chunk)
     c_lo = self.pixel_confidence
     c_hi = 1.0 - self.pixel_confidence + 1e-4  # p2 <= 1 - p1 (+ rounding)
 
     def body(c, p1_ta, i1_ta, w_ta, p2_ta, i2_ta):
-      g0 = c * _CHUNK_GRID_ROWS
-      g1 = tf.minimum(g0 + _CHUNK_GRID_ROWS, gh - 1)
+      g0 = c * rows_per_chunk
+      g1 = tf.minimum(g0 + rows_per_chunk, gh - 1)
       up = upsample_mask_logits(logits[:, g0:g1 + 1], tf.stack([4 * (g1 - g0) + 1, up_w]))
       rows = tf.where(tf.equal(c, num_chunks - 1), 4 * (g1 - g0) + 1, 4 * (g1 - g0))
       rows = tf.minimum(rows, crop_h - 4 * g0)
@@ -170,6 +175,22 @@ class MaskWiseMerger:
     i1 = tf.transpose(i1_ta.concat(), [1, 0, 2])
     return (p1, i1, tf.reshape(w_ta.concat(), [-1, 3]), tf.reshape(p2_ta.concat(), [-1]),
             tf.reshape(i2_ta.concat(), [-1]))
+
+  def _dense_top2(self, logits, crop_h, crop_w):
+    """Single-pass variant (chunk_grid_rows=0): static shapes, XLA-compilable; the
+    "sparse" second-best list then simply holds every pixel."""
+    shape = tf.shape(logits)
+    up = upsample_mask_logits(logits, tf.stack([4 * (shape[1] - 1) + 1,
+                                                4 * (shape[2] - 1) + 1]))
+    probs = tf.nn.softmax(up[:, :crop_h, :crop_w, :], axis=-1)
+    top_p, top_i = tf.math.top_k(probs, k=2)
+    p1, i1 = top_p[..., 0], top_i[..., 0]
+    size = tf.shape(p1)
+    coords = tf.meshgrid(tf.range(size[0], dtype=tf.int64), tf.range(size[1], dtype=tf.int64),
+                         tf.range(size[2], dtype=tf.int64), indexing="ij")
+    where2 = tf.reshape(tf.stack(coords, axis=-1), [-1, 3])
+    return (p1, i1, where2, tf.reshape(top_p[..., 1], [-1]),
+            tf.reshape(top_i[..., 1], [-1]))
 
   def mask_scores(self, mask_logits: tf.Tensor, original_size=None) -> tf.Tensor:
     """[B, N] mean probability inside each binary mask, on the stride-4 grid.

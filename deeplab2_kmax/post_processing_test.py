@@ -191,3 +191,22 @@ def test_rejects_too_low_pixel_confidence_and_too_many_masks():
   with pytest.raises(ValueError, match="label_divisor"):
     merger({"class_logits": np.zeros((1, 8, 3), np.float32),
             "mask_logits": np.zeros((1, 3, 3, 8), np.float32)}, (9, 9))
+
+
+def test_dense_single_pass_matches_chunked_and_compiles_with_xla():
+  rng = np.random.default_rng(5)
+  class_logits, mask_logits = _random_case(rng, n=12, hs=37, ws=29)
+  kwargs = dict(thing_train_ids=[0, 1, 2], label_divisor=256, ignore_label=255,
+                thing_threshold=0.5, stuff_threshold=0.4, thing_area_limit=20,
+                stuff_area_limit=60)
+  chunked = MaskWiseMerger(chunk_grid_rows=4, **kwargs)
+  dense = MaskWiseMerger(chunk_grid_rows=0, **kwargs)
+  _compare(dense, class_logits, mask_logits)  # exact vs the sequential reference
+  inputs = {"class_logits": tf.constant(class_logits), "mask_logits": tf.constant(mask_logits)}
+  want = chunked(inputs, (145, 113))
+  got = tf.function(lambda x: dense(x, (145, 113)), jit_compile=True)(inputs)
+  for key in ("panoptic", "segment_ids", "segment_classes", "segment_areas",
+              "num_segments"):
+    np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+  np.testing.assert_allclose(got["segment_scores"].numpy(), want["segment_scores"].numpy(),
+                             rtol=1e-5)
