@@ -1,7 +1,8 @@
 r"""Exports a trained kMaX-DeepLab checkpoint as a TF Serving SavedModel.
 
   python -m deeplab2_kmax.export --gin_file=CONFIG.gin --checkpoint=model_dir/ckpt-300 \
-      --dataset_info=tfrecords/dataset_info.json --output_dir=export [--input_size=H,W]
+      --dataset_info=tfrecords/dataset_info.json --output_dir=export [--input_size=H,W] \
+      [--verify_tfrecord='tfrecords/val-*.tfrecord']
 
 writes `output_dir/<version>/` (version = `--version`, default the next free number,
 starting at 1, as TF Serving expects) with two signatures:
@@ -21,7 +22,11 @@ Label metadata travels with the model: `assets/dataset_info.json`, and the attri
 `label_divisor`, `ignore_label`, `num_classes`, `category_ids`, `category_names`,
 `category_isthing`, `category_colors`, `input_size` (variables of the loaded object).
 Every signature runs `inference.PanopticPredictor.predict_image`, the function the
-Python path calls, so exported predictions equal the checkpoint's pixel for pixel.
+Python path calls, so exported predictions equal the checkpoint's pixel for pixel;
+`--verify_tfrecord` checks this on a split after exporting (and fails otherwise).
+`--input_size` should be the config's eval crop size (`experiment_options.eval_crop_size`)
+so the exported model sees the evaluation's input; without it each image is padded to
+the next 32k+1 size.
 """
 import os
 import re
@@ -118,6 +123,47 @@ def resolve_saved_model(path: str) -> str:
   return os.path.join(path, max(versions, key=int))
 
 
+def verify_export(saved_model_dir: str, predictor: inference.PanopticPredictor,
+                  tfrecord_pattern: str, max_examples: int = 0) -> dict:
+  """Compares the SavedModel with the Python path on a TFRecord split (e.g. the eval
+  split): `serving_default` on each record's encoded image bytes and `serve_images`
+  on its decoded pixels against `predictor.predict_image`, every output, exactly.
+  Returns counts; raises RuntimeError naming the first differing image."""
+  from tqdm import tqdm
+  from data import tfrecord_format
+
+  files = tf.io.gfile.glob(tfrecord_pattern)
+  if not files:
+    raise ValueError(f"--verify_tfrecord={tfrecord_pattern}: matches no file")
+  loaded = tf.saved_model.load(saved_model_dir)
+  dataset = tf.data.TFRecordDataset(sorted(files))
+  if max_examples:
+    dataset = dataset.take(max_examples)
+  spec = {tfrecord_format.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
+  count = pixels = 0
+  for serialized in tqdm(dataset, desc="verify export", unit="image"):
+    example = tfrecord_format.parse_example(serialized)
+    encoded = tf.io.parse_single_example(serialized, spec)[tfrecord_format.IMAGE_ENCODED]
+    want = predictor.predict_image(example["image"])
+    got = {"serving_default": loaded.signatures["serving_default"](
+               image_bytes=encoded[tf.newaxis]),
+           "serve_images": loaded.signatures["serve_images"](
+               images=example["image"][tf.newaxis])}
+    for signature, outputs in got.items():
+      for key, name in OUTPUT_NAMES.items():
+        if key == "image_size":
+          continue
+        same = outputs[name][0].numpy() == want[key].numpy()
+        if not same.all():
+          raise RuntimeError(
+              f"export differs from the checkpoint's Python path: {signature} output "
+              f"{name}, image {example['image_id'].numpy().decode()} "
+              f"({int((~same).sum())} values)")
+    count += 1
+    pixels += int(tf.size(want["panoptic"]))
+  return {"images": count, "pixels": pixels, "mismatched_pixels": 0}
+
+
 def parse_input_size(text: Optional[str]):
   """'H,W' -> (H, W) (validated by inference.check_input_size); '' / None -> None."""
   if not text:
@@ -140,6 +186,10 @@ def run(f) -> str:
                                        parse_input_size(f.input_size))
   path = export_saved_model(predictor, info, f.output_dir, f.version)
   print(f"exported SavedModel to {path}")
+  if f.verify_tfrecord:
+    result = verify_export(path, predictor, f.verify_tfrecord, f.verify_max_examples)
+    print(f"verified: {result['images']} images, {result['pixels']} pixels, every output "
+          "equal to the checkpoint's Python path")
   return path
 
 
@@ -163,6 +213,10 @@ def define_flags(flag_values=None):
                       **on)
   flags.DEFINE_string("input_size", "", "optional H,W (32k+1): resize to fit + pad to this; "
                       "default: pad each image to the next 32k+1 size, no resizing", **on)
+  flags.DEFINE_string("verify_tfrecord", "", "optional TFRecord glob (e.g. the eval split): "
+                      "check the SavedModel against the Python path on it", **on)
+  flags.DEFINE_integer("verify_max_examples", 0, "verify at most this many images (0: all)",
+                       **on)
   flags.DEFINE_integer("version", None, "version folder number (default: next free, from 1)",
                        **on)
 

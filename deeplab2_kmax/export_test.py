@@ -240,3 +240,24 @@ def test_cli_errors_name_the_flag(tmp_path):
     inference.resolve_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="--gin_file=.*no such file"):
     inference.load_predictor([str(tmp_path / "x.gin")], [], "ckpt", _info())
+
+
+def test_verify_export_on_a_tfrecord_split(exported, tmp_path):
+  from data import tfrecord_format
+  predictor, path, _ = exported
+  record = str(tmp_path / "val-00000-of-00001.tfrecord")
+  with tf.io.TFRecordWriter(record) as writer:
+    for i, (h, w) in enumerate([(40, 70), (57, 33)]):
+      image = random_image(h, w, seed=i)
+      label = tf.io.encode_png(np.zeros((h, w, 3), np.uint8)).numpy()
+      writer.write(tfrecord_format.make_example(
+          tf.io.encode_jpeg(image).numpy(), "jpeg", h, w, i, f"{i}.jpg",
+          label).SerializeToString())
+  result = export.verify_export(path, predictor, str(tmp_path / "val-*"))
+  assert result == {"images": 2, "pixels": 40 * 70 + 57 * 33, "mismatched_pixels": 0}
+  assert export.verify_export(path, predictor, record, max_examples=1)["images"] == 1
+  other = inference.PanopticPredictor(tiny_model(seed=5), permissive_merger(), D, IGNORE)
+  with pytest.raises(RuntimeError, match="differs from the checkpoint's Python path"):
+    export.verify_export(path, other, record)
+  with pytest.raises(ValueError, match="--verify_tfrecord"):
+    export.verify_export(path, predictor, str(tmp_path / "none-*"))

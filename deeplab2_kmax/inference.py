@@ -10,8 +10,10 @@ Geometry (documented choice):
   with the mean pixel 127.5 (0 after the model's `x / 127.5 - 1`) to the smallest
   `32k + 1` size (k >= 1) holding it, so mask grid point i (stride s = 4, or 2 with
   the five-stage Cityscapes decoder) sits exactly on pixel s·i (align corners).
-* `input_size=(H, W)` (both `32k + 1`): the deeplab2 evaluation protocol. The image is
-  resized (bilinear, aspect ratio kept) to fit inside H x W, then padded to H x W.
+* `input_size=(H, W)` (both `32k + 1`): the evaluation protocol (deeplab2's, and this
+  project's eval input pipeline, whose functions are called here): an image larger
+  than H x W is shrunk (bilinear, aspect ratio kept) to fit, then padded to H x W.
+  Exporting with the config's eval crop size reproduces the evaluation's model input.
 * The model runs on one image at a time (batch 1), so a prediction never depends on
   the other images of a request nor on a batch's common padded size.
 * Only the g mask-logit grid points covering the (resized) image are kept: the merger
@@ -24,7 +26,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-PAD_VALUE = 127.5
+from data import preprocessing
+
+PAD_VALUE = preprocessing.IMAGE_PAD_VALUE  # 127.5: 0 after the model's x / 127.5 - 1
 OUTPUT_STRIDE = 32
 MAP_KEYS = ("panoptic", "semantic", "instance")
 SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores")
@@ -54,25 +58,26 @@ def check_input_size(input_size: Optional[Sequence[int]]) -> Optional[Tuple[int,
 
 def prepare_image(image: tf.Tensor, input_size: Optional[Tuple[int, int]] = None):
   """uint8 [h, w, 3] -> (float32 [1, Hp, Wp, 3] padded model input, int32 [2] size of
-  the (possibly resized) image inside it)."""
+  the (possibly shrunk) image inside it).
+
+  The resize / pad operations are the evaluation input pipeline's own
+  (`data/preprocessing.py`): with `input_size` = the config's eval crop size, the model
+  sees exactly the tensor the evaluation feeds it.
+  """
   image = tf.convert_to_tensor(image)
   tf.debugging.assert_rank(image, 3, message="image must be [height, width, 3]")
   x = tf.cast(image, tf.float32)
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
+  # The valid region travels as a ones-map padded with zeros (nearest resizing keeps it
+  # binary), so its size is read off instead of recomputed.
+  valid = tf.ones(tf.shape(image)[:2], tf.int32)
   if input_size is None:
-    inner = tf.stack([height, width])
-    target = tf.stack([padded_length(height), padded_length(width)])
+    target = tf.stack([padded_length(tf.shape(image)[0]), padded_length(tf.shape(image)[1])])
+    x, valid = preprocessing.pad_to_at_least(x, valid, target, 0,
+                                             image_pad_value=PAD_VALUE)
   else:
-    scale = tf.minimum(input_size[0] / tf.cast(height, tf.float64),
-                       input_size[1] / tf.cast(width, tf.float64))
-    inner = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float64) * scale),
-                    tf.int32)
-    inner = tf.clip_by_value(inner, 1, tf.constant(input_size, tf.int32))
-    x = tf.image.resize(x, inner, method="bilinear")
-    target = tf.constant(input_size, tf.int32)
-  x = tf.pad(x, [[0, target[0] - inner[0]], [0, target[1] - inner[1]], [0, 0]],
-             constant_values=PAD_VALUE)
+    x, valid = preprocessing.resize_to_fit_and_pad(x, valid, input_size, 0,
+                                                   image_pad_value=PAD_VALUE)
+  inner = tf.stack([tf.reduce_sum(valid[:, 0]), tf.reduce_sum(valid[0, :])])
   return x[tf.newaxis], inner
 
 

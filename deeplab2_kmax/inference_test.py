@@ -108,10 +108,18 @@ def test_prepare_image_pads_with_mean_pixel():
   assert np.all(x[0, 40:].numpy() == 127.5) and np.all(x[0, :, 70:].numpy() == 127.5)
 
 
-def test_prepare_image_resizes_to_fit_input_size():
+def test_prepare_image_with_input_size_is_the_eval_pipeline_preprocessing():
+  from data import preprocessing
   x, inner = inference.prepare_image(random_image(100, 50), (65, 97))
   assert x.shape == (1, 65, 97, 3) and list(inner.numpy()) == [65, 32]
   assert np.all(x[0, :, 32:].numpy() == 127.5)
+  # Small images are padded, not enlarged, exactly as the eval input pipeline does.
+  image = random_image(40, 70)
+  x, inner = inference.prepare_image(image, (97, 129))
+  want, _ = preprocessing.resize_to_fit_and_pad(
+      tf.cast(image, tf.float32), tf.zeros([40, 70], tf.int32), (97, 129), 0)
+  np.testing.assert_array_equal(x[0].numpy(), want.numpy())
+  assert list(inner.numpy()) == [40, 70]
 
 
 @pytest.mark.parametrize("size", [(1, 1), (33, 33), (40, 70), (70, 41)])
