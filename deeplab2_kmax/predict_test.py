@@ -84,3 +84,23 @@ def test_bad_inputs_name_the_flag_or_file(tmp_path):
     predict.decode_image(b"garbage", "broken.jpg")
   with pytest.raises(ValueError, match="--saved_model"):
     predict.saved_model_runner(str(tmp_path))
+
+
+def test_cli_with_saved_model(setup, capsys):
+  from deeplab2_kmax.export_test import run_cli
+  _, base = setup
+  out = base / "out_cli"
+  json_path = run_cli(predict, [f"--saved_model={base / 'serving'}",
+                                f"--images={base / 'images' / '*.png'}",
+                                f"--output_dir={out}"])
+  with open(json_path) as f:
+    coco = json.load(f)
+  assert [a["file_name"] for a in coco["annotations"]] == ["a.png", "c.png"]
+  assert sorted(os.listdir(out / "overlay")) == ["a.png", "c.png"]
+  with pytest.raises(ValueError, match="not both"):
+    run_cli(predict, ["--saved_model=x", "--checkpoint=y", "--images=z", "--output_dir=o"])
+  with pytest.raises(ValueError, match="--input_size is fixed at export time"):
+    run_cli(predict, [f"--saved_model={base / 'serving'}", "--input_size=65,65",
+                      "--images=z", "--output_dir=o"])
+  with pytest.raises(ValueError, match="pass --saved_model"):
+    run_cli(predict, ["--images=z", "--output_dir=o"])
