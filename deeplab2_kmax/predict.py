@@ -97,7 +97,7 @@ def segment_scores(prediction) -> Dict[int, float]:
 
 def predict_files(info, run: Callable[[bytes, str], Tuple[np.ndarray, Dict]],
                   files: Sequence[str], output_dir: str,
-                  min_label_fraction: float = 0.01) -> str:
+                  min_label_fraction: float = 0.01, overlay_scale: int = 1) -> str:
   """Runs `run` on every file and writes the PNGs, overlays and the JSON (its path)."""
   from evaluation.writers import CocoPanopticWriter
 
@@ -122,7 +122,8 @@ def predict_files(info, run: Callable[[bytes, str], Tuple[np.ndarray, Dict]],
     writer.add(stem, panoptic, file_name=stem + ".png", scores=segment_scores(pred))
     overlay = visualization.overlay_panoptic(image, panoptic, info.label_divisor,
                                              info.ignore_label, names, colors,
-                                             min_label_fraction=min_label_fraction)
+                                             min_label_fraction=min_label_fraction,
+                                             scale=overlay_scale)
     tf.io.write_file(os.path.join(overlay_dir, stem + ".png"), tf.io.encode_png(overlay))
   return writer.close()
 
@@ -143,7 +144,7 @@ def run(f) -> str:
   else:
     raise ValueError("pass --saved_model=DIR or --gin_file, --checkpoint and --dataset_info")
   json_path = predict_files(info, run, list_images(f.images), f.output_dir,
-                            f.min_label_fraction)
+                            f.min_label_fraction, f.overlay_scale)
   print(f"wrote {json_path}, {f.output_dir}/panoptic/*.png and {f.output_dir}/overlay/*.png")
   return json_path
 
@@ -170,6 +171,8 @@ def define_flags(flag_values=None):
                       **on)
   flags.DEFINE_float("min_label_fraction", 0.01,
                      "segments covering at least this fraction of the image get a name", **on)
+  flags.DEFINE_integer("overlay_scale", 1, "upscale overlays by this integer factor "
+                       "(for small images)", **on)
 
 
 if __name__ == "__main__":

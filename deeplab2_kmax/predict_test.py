@@ -92,11 +92,13 @@ def test_cli_with_saved_model(setup, capsys):
   out = base / "out_cli"
   json_path = run_cli(predict, [f"--saved_model={base / 'serving'}",
                                 f"--images={base / 'images' / '*.png'}",
-                                f"--output_dir={out}"])
+                                f"--output_dir={out}", "--overlay_scale=2"])
   with open(json_path) as f:
     coco = json.load(f)
   assert [a["file_name"] for a in coco["annotations"]] == ["a.png", "c.png"]
   assert sorted(os.listdir(out / "overlay")) == ["a.png", "c.png"]
+  with Image.open(out / "overlay" / "a.png") as overlay:
+    assert overlay.size == (140, 80)
   with pytest.raises(ValueError, match="not both"):
     run_cli(predict, ["--saved_model=x", "--checkpoint=y", "--images=z", "--output_dir=o"])
   with pytest.raises(ValueError, match="--input_size is fixed at export time"):

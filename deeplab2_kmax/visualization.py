@@ -105,7 +105,7 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, label_divisor: int
                      ignore_label: int, category_names: Mapping[int, str],
                      category_colors: Mapping[int, Sequence[int]], alpha: float = 0.55,
                      min_label_fraction: float = 0.01, draw_contours: bool = True,
-                     font_size: Optional[int] = None) -> np.ndarray:
+                     font_size: Optional[int] = None, scale: int = 1) -> np.ndarray:
   """The image blended with segment colours, contours and category names.
 
   Args:
@@ -115,8 +115,10 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, label_divisor: int
     alpha: weight of the segment colour (void pixels keep the image).
     min_label_fraction: segments covering at least this fraction of the image get
       their category name written at their most central pixel.
+    scale: integer upscaling (nearest) before drawing, for small images: thinner
+      contours and sharper names relative to the picture.
   Returns:
-    uint8 [H, W, 3].
+    uint8 [H * scale, W * scale, 3].
   """
   image = np.asarray(image)
   panoptic = np.asarray(panoptic)
@@ -126,6 +128,11 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, label_divisor: int
     raise ValueError(f"panoptic shape {panoptic.shape} != image shape {image.shape[:2]}")
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+  if scale < 1:
+    raise ValueError(f"scale must be a positive integer, got {scale}")
+  if scale > 1:
+    image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+    panoptic = panoptic.repeat(scale, axis=0).repeat(scale, axis=1)
   colors = colorize_panoptic(panoptic, label_divisor, ignore_label, category_colors)
   void = panoptic // label_divisor == ignore_label
   blended = image.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha

@@ -96,3 +96,16 @@ def test_cluster_figure_writes_png(tmp_path):
     assert png.format == "PNG" and png.size[0] > 300
   with pytest.raises(ValueError, match="titles"):
     vis.cluster_figure(image, layers, image, 16, layer_titles=["a"])
+
+
+def test_overlay_scale_upsamples():
+  pan = _scene()
+  image = np.full((40, 60, 3), 100, np.uint8)
+  big = vis.overlay_panoptic(image, pan, D, 255, {}, {1: (0, 0, 255)}, alpha=0.5,
+                             draw_contours=False, min_label_fraction=2.0, scale=3)
+  small = vis.overlay_panoptic(image, pan, D, 255, {}, {1: (0, 0, 255)}, alpha=0.5,
+                               draw_contours=False, min_label_fraction=2.0)
+  assert big.shape == (120, 180, 3)
+  np.testing.assert_array_equal(big[::3, ::3], small)
+  with pytest.raises(ValueError, match="scale"):
+    vis.overlay_panoptic(image, pan, D, 255, {}, {}, scale=0)
