@@ -153,6 +153,10 @@ class PanopticPredictor(tf.Module):
   def _predict_many(self, count, get_image, sizes):
     """Per-image predictions of `count` images, maps padded (void / 0) to the largest
     size so they stack into [count, H, W]."""
+    check = tf.debugging.assert_positive(
+        count, message="empty request: send at least one image")
+    with tf.control_dependencies([check]):
+      count = tf.identity(count)
     max_size = tf.reduce_max(tf.concat([sizes, tf.zeros([1, 2], tf.int32)], 0), axis=0)
     pad_values = {"panoptic": self.void_value, "semantic": self.ignore_label, "instance": 0}
     keys = MAP_KEYS + SEGMENT_KEYS + ("num_segments",)

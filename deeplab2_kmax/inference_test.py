@@ -168,6 +168,11 @@ def test_malformed_bytes_raise_invalid_argument():
   predictor = _predictor()
   with pytest.raises(tf.errors.InvalidArgumentError):
     predictor.predict_encoded(tf.constant([b"not an image"]))
+  truncated = tf.io.encode_png(random_image(20, 20)).numpy()[:40]
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    predictor.predict_encoded(tf.constant([truncated]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="empty request"):
+    predictor.predict_encoded(tf.constant([], tf.string))
 
 
 def permissive_merger():
