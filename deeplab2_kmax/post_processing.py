@@ -32,9 +32,50 @@ import gin
 import tensorflow as tf
 
 
-def upsample_mask_logits(mask_logits: tf.Tensor, output_size) -> tf.Tensor:
-  """Bilinear, align-corners resize of [B, Hs, Ws, N] logits to output_size (H, W)."""
-  return tf.compat.v1.image.resize_bilinear(mask_logits, output_size, align_corners=True)
+def _cell_weights() -> tf.Tensor:
+  """[16, 4] bilinear weights of the 4x4 pixels of a stride-4 cell (row-major pixels;
+  corners top-left, top-right, bottom-left, bottom-right). Exact multiples of 1/16."""
+  rows = []
+  for a in range(4):
+    for b in range(4):
+      rows.append([(4 - a) * (4 - b) / 16, (4 - a) * b / 16, a * (4 - b) / 16, a * b / 16])
+  return tf.constant(rows, tf.float32)
+
+
+def _cell_corners(grid: tf.Tensor, b=None, i=None, j=None) -> tf.Tensor:
+  """Corner logits of cells: [B, Hs, Ws, 4, N] for all cells of the (edge-padded)
+  grid [B, Hs+1, Ws+1, N], or [P, 4, N] for the cells (b, i, j)."""
+  if b is None:
+    return tf.stack([grid[:, :-1, :-1], grid[:, :-1, 1:], grid[:, 1:, :-1], grid[:, 1:, 1:]],
+                    axis=3)
+  return tf.stack([tf.gather_nd(grid, tf.stack([b, i + di, j + dj], -1))
+                   for di, dj in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1)
+
+
+def _pad_grid(mask_logits: tf.Tensor) -> tf.Tensor:
+  """Repeats the last grid row and column: cell (i, j) then holds pixels 4i..4i+3 x
+  4j..4j+3 for every i < Hs, j < Ws (the extra pixels past 4(Hs-1) are cropped)."""
+  g = tf.concat([mask_logits, mask_logits[:, -1:]], axis=1)
+  return tf.concat([g, g[:, :, -1:]], axis=2)
+
+
+def _cells_to_pixels(cells: tf.Tensor) -> tf.Tensor:
+  """[B, Hs, Ws, 16, ...] cell layout -> [B, 4 Hs, 4 Ws, ...] pixel layout."""
+  shape = tf.shape(cells)
+  rest = tf.shape(cells)[4:]
+  x = tf.reshape(cells, tf.concat([shape[:3], [4, 4], rest], 0))
+  perm = [0, 1, 3, 2, 4] + list(range(5, len(cells.shape) + 1))
+  x = tf.transpose(x, perm)
+  return tf.reshape(x, tf.concat([[shape[0], 4 * shape[1], 4 * shape[2]], rest], 0))
+
+
+def upsample_mask_logits(mask_logits: tf.Tensor) -> tf.Tensor:
+  """Bilinear align-corners upsampling of stride-4 logits [B, Hs, Ws, N] to
+  [B, 4(Hs-1)+1, 4(Ws-1)+1, N], with the same per-cell arithmetic as the merger."""
+  shape = tf.shape(mask_logits)
+  corners = _cell_corners(_pad_grid(mask_logits))
+  pixels = _cells_to_pixels(tf.einsum("kc,bijcn->bijkn", _cell_weights(), corners))
+  return pixels[:, :4 * (shape[1] - 1) + 1, :4 * (shape[2] - 1) + 1]
 
 
 def _scatter_add(values, segment_ids, num_segments):
@@ -58,8 +99,8 @@ class MaskWiseMerger:
   segment's first mask); "segment_areas" int32 [B, N]; "segment_is_thing" bool [B, N];
   "num_segments" int32 [B]. Segments are listed in score order.
 
-  chunk_grid_rows: grid rows upsampled per step (bounded memory, sparse second-best
-  masks); 0 = one dense pass with static shapes (use it under jit_compile=True).
+  xla_compatible: upsample every pixel with static shapes (for jit_compile=True)
+  instead of only the boundary cells (see `pixel_masks`); same results.
   """
 
   def __init__(self, thing_train_ids: Sequence[int], label_divisor: int,
@@ -67,7 +108,7 @@ class MaskWiseMerger:
                stuff_threshold: float = 0.5, pixel_confidence: float = 0.4,
                overlap_threshold: float = 0.8, thing_area_limit: int = 400,
                stuff_area_limit: int = 6400, reorder_class_weight: float = 1.0,
-               reorder_mask_weight: float = 1.0, chunk_grid_rows: int = 16):
+               reorder_mask_weight: float = 1.0, xla_compatible: bool = False):
     if pixel_confidence < 1.0 / 3.0:
       raise ValueError(f"pixel_confidence={pixel_confidence}: the vectorized merge needs "
                        ">= 1/3 (at most two masks per pixel); deeplab2 configs use 0.4")
@@ -82,7 +123,7 @@ class MaskWiseMerger:
     self.stuff_area_limit = int(stuff_area_limit)
     self.reorder_class_weight = float(reorder_class_weight)
     self.reorder_mask_weight = float(reorder_mask_weight)
-    self.chunk_grid_rows = int(chunk_grid_rows)
+    self.xla_compatible = bool(xla_compatible)
 
   def get_config(self) -> Dict:
     return dict(thing_train_ids=self.thing_train_ids, label_divisor=self.label_divisor,
@@ -94,7 +135,7 @@ class MaskWiseMerger:
                 stuff_area_limit=self.stuff_area_limit,
                 reorder_class_weight=self.reorder_class_weight,
                 reorder_mask_weight=self.reorder_mask_weight,
-                chunk_grid_rows=self.chunk_grid_rows)
+                xla_compatible=self.xla_compatible)
 
   # ------------------------------------------------------------------ mask classes
   def classify(self, class_logits: tf.Tensor):
@@ -113,16 +154,22 @@ class MaskWiseMerger:
     return cls, conf, is_thing, confident
 
   # ------------------------------------------------------------------ pixels
-  def pixel_top2(self, mask_logits: tf.Tensor, output_size=None, original_size=None):
-    """Best mask per pixel and, sparsely, the second best where it may pass the threshold.
+  def pixel_masks(self, mask_logits: tf.Tensor, output_size=None, original_size=None):
+    """Which masks cover each pixel (prob > pixel_confidence; at most two).
 
-    The upsampled logits are never materialized whole: row slabs of
-    `chunk_grid_rows` grid rows are upsampled (exact with align corners on the
-    stride-4 grid, as deeplab2's `pieces`), soft-maxed and reduced one after the other.
-    Returns p1, i1 [B, h, w]; where2 int64 [P, 3] (b, y, x) of the pixels with
-    c < p1 < 1 - c; p2, i2 [P] their second probability and mask.
+    Returns cov1 bool, i1 int32 [B, h, w] (best mask and whether it covers the pixel)
+    and, sparsely, where2 int64 [P, 3] (b, y, x), cov2 bool [P], i2 int32 [P] for the
+    pixels whose second-best mask may cover them.
+
+    Cell shortcut (exact): inside a stride-4 cell the logits are a convex combination
+    of the 4 corner logits, so if all corners share the argmax m and each corner has
+    p(m) > max(c, 1 - c), then every pixel of the cell has argmax m with p(m) >= the
+    smallest corner p(m) (Jensen on the softmax denominator) and no second mask can
+    exceed c; a bound on the largest probability also proves cells empty. Only the
+    remaining ("boundary") cells are upsampled and soft-maxed, 16 pixels per cell with
+    one small matmul. `xla_compatible=True` upsamples everything instead
+    (static shapes).
     """
-    n = mask_logits.shape[-1]
     shape = tf.shape(mask_logits)
     hs, ws = shape[1], shape[2]
     full_h, full_w = 4 * (hs - 1) + 1, 4 * (ws - 1) + 1
@@ -131,66 +178,70 @@ class MaskWiseMerger:
           tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
           message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
           "mask logits of a 4k+1 input)")
-    crop_h, crop_w = ((full_h, full_w) if original_size is None else
-                      (tf.minimum(original_size[0], full_h),
-                       tf.minimum(original_size[1], full_w)))
-    gh = tf.minimum(hs, (crop_h + 2) // 4 + 1)  # grid rows covering the crop
-    gw = tf.minimum(ws, (crop_w + 2) // 4 + 1)
-    logits = mask_logits[:, :gh, :gw, :]
-    up_w = 4 * (gw - 1) + 1
-    if self.chunk_grid_rows <= 0:
-      return self._dense_top2(logits, crop_h, crop_w)
-    rows_per_chunk = self.chunk_grid_rows
-    num_chunks = tf.maximum(1, (gh - 1 + rows_per_chunk - 1) // rows_per_chunk)
+    if original_size is None:
+      crop_h, crop_w, logits = full_h, full_w, mask_logits
+    else:
+      crop_h = tf.minimum(original_size[0], full_h)
+      crop_w = tf.minimum(original_size[1], full_w)
+      logits = mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :]
     c_lo = self.pixel_confidence
-    c_hi = 1.0 - self.pixel_confidence + 1e-4  # p2 <= 1 - p1 (+ rounding)
+    c_hi = max(c_lo, 1.0 - c_lo) + 1e-4  # margin over float rounding
+    if self.xla_compatible:
+      probs = tf.nn.softmax(upsample_mask_logits(logits)[:, :crop_h, :crop_w], axis=-1)
+      top_p, top_i = tf.math.top_k(probs, k=2)
+      size = tf.shape(top_p, out_type=tf.int64)
+      coords = tf.meshgrid(tf.range(size[0]), tf.range(size[1]), tf.range(size[2]),
+                           indexing="ij")
+      return (top_p[..., 0] > c_lo, top_i[..., 0],
+              tf.reshape(tf.stack(coords, axis=-1), [-1, 3]),
+              tf.reshape(top_p[..., 1], [-1]) > c_lo, tf.reshape(top_i[..., 1], [-1]))
 
-    def body(c, p1_ta, i1_ta, w_ta, p2_ta, i2_ta):
-      g0 = c * rows_per_chunk
-      g1 = tf.minimum(g0 + rows_per_chunk, gh - 1)
-      up = upsample_mask_logits(logits[:, g0:g1 + 1], tf.stack([4 * (g1 - g0) + 1, up_w]))
-      rows = tf.where(tf.equal(c, num_chunks - 1), 4 * (g1 - g0) + 1, 4 * (g1 - g0))
-      rows = tf.minimum(rows, crop_h - 4 * g0)
-      probs = tf.nn.softmax(up[:, :rows, :crop_w, :], axis=-1)
-      p1 = tf.reduce_max(probs, axis=-1)
-      i1 = tf.argmax(probs, axis=-1, output_type=tf.int32)
-      where2 = tf.where((p1 > c_lo) & (p1 < c_hi))
-      second = tf.gather_nd(probs, where2)  # [P, N]
-      first = tf.one_hot(tf.gather_nd(i1, where2), n, on_value=True, off_value=False)
-      second = tf.where(first, -1.0, second)
-      where2 = where2 + tf.stack([0, 4 * tf.cast(g0, tf.int64), 0])
-      return (c + 1, p1_ta.write(c, tf.transpose(p1, [1, 0, 2])),
-              i1_ta.write(c, tf.transpose(i1, [1, 0, 2])), w_ta.write(c, where2),
-              p2_ta.write(c, tf.reduce_max(second, axis=-1)),
-              i2_ta.write(c, tf.argmax(second, axis=-1, output_type=tf.int32)))
+    grid = _pad_grid(logits)
+    probs = tf.nn.softmax(grid, axis=-1)
+    p1g = tf.reduce_max(probs, axis=-1)
+    i1g = tf.argmax(probs, axis=-1, output_type=tf.int32)
+    same = ((i1g[:, :-1, :-1] == i1g[:, :-1, 1:]) & (i1g[:, :-1, :-1] == i1g[:, 1:, :-1])
+            & (i1g[:, :-1, :-1] == i1g[:, 1:, 1:]))
+    pmin = tf.reduce_min(_cell_corners(p1g[..., None])[..., 0], axis=-1)
+    clean = same & (pmin > c_hi)  # [B, gh, gw]
+    # Empty cells: l_n(x) - l_m(x) >= min_c L_cn - max_c L_cm, so every probability in
+    # the cell is <= exp(max_m max_c L_cm - logsumexp_n min_c L_cn); below c no pixel of
+    # the cell is covered (typical of unconfident / randomly initialized models).
+    hi = tf.maximum(tf.maximum(grid[:, :-1, :-1], grid[:, :-1, 1:]),
+                    tf.maximum(grid[:, 1:, :-1], grid[:, 1:, 1:]))
+    lo = tf.minimum(tf.minimum(grid[:, :-1, :-1], grid[:, :-1, 1:]),
+                    tf.minimum(grid[:, 1:, :-1], grid[:, 1:, 1:]))
+    bound = tf.reduce_max(hi, axis=-1) - tf.reduce_logsumexp(lo, axis=-1)
+    empty = bound < tf.math.log(c_lo) - 1e-4
+    dirty = tf.where(~clean & ~empty)  # [Pc, 3]
+    db, di, dj = (tf.cast(dirty[:, k], tf.int32) for k in range(3))
+    pix = tf.einsum("kc,pcn->pkn", _cell_weights(), _cell_corners(grid, db, di, dj))
+    pp = tf.nn.softmax(pix, axis=-1)  # [Pc, 16, N]
+    p1d = tf.reduce_max(pp, axis=-1)
+    i1d = tf.argmax(pp, axis=-1, output_type=tf.int32)
 
-    def array(dtype):
-      return tf.TensorArray(dtype, size=num_chunks, infer_shape=False)
+    i1c = tf.tile(i1g[:, :-1, :-1, None], [1, 1, 1, 16])
+    i1c = tf.tensor_scatter_nd_update(i1c, dirty, i1d)
+    cov1c = tf.tile(tf.cast(clean, tf.int32)[..., None], [1, 1, 1, 16])
+    cov1c = tf.tensor_scatter_nd_update(cov1c, dirty, tf.cast(p1d > c_lo, tf.int32))
+    i1 = _cells_to_pixels(i1c)[:, :crop_h, :crop_w]
+    cov1 = _cells_to_pixels(cov1c)[:, :crop_h, :crop_w] > 0
 
-    _, p1_ta, i1_ta, w_ta, p2_ta, i2_ta = tf.while_loop(
-        lambda c, *_: c < num_chunks, body,
-        (tf.constant(0), array(tf.float32), array(tf.int32), array(tf.int64),
-         array(tf.float32), array(tf.int32)))
-    p1 = tf.transpose(p1_ta.concat(), [1, 0, 2])
-    i1 = tf.transpose(i1_ta.concat(), [1, 0, 2])
-    return (p1, i1, tf.reshape(w_ta.concat(), [-1, 3]), tf.reshape(p2_ta.concat(), [-1]),
-            tf.reshape(i2_ta.concat(), [-1]))
-
-  def _dense_top2(self, logits, crop_h, crop_w):
-    """Single-pass variant (chunk_grid_rows=0): static shapes, XLA-compilable; the
-    "sparse" second-best list then simply holds every pixel."""
-    shape = tf.shape(logits)
-    up = upsample_mask_logits(logits, tf.stack([4 * (shape[1] - 1) + 1,
-                                                4 * (shape[2] - 1) + 1]))
-    probs = tf.nn.softmax(up[:, :crop_h, :crop_w, :], axis=-1)
-    top_p, top_i = tf.math.top_k(probs, k=2)
-    p1, i1 = top_p[..., 0], top_i[..., 0]
-    size = tf.shape(p1)
-    coords = tf.meshgrid(tf.range(size[0], dtype=tf.int64), tf.range(size[1], dtype=tf.int64),
-                         tf.range(size[2], dtype=tf.int64), indexing="ij")
-    where2 = tf.reshape(tf.stack(coords, axis=-1), [-1, 3])
-    return (p1, i1, where2, tf.reshape(top_p[..., 1], [-1]),
-            tf.reshape(top_i[..., 1], [-1]))
+    sel = tf.where((p1d > c_lo) & (p1d < c_hi))  # [Q, 2] (dirty cell, pixel in cell)
+    cell = sel[:, 0]
+    k = tf.cast(sel[:, 1], tf.int32)
+    y = tf.gather(di, cell) * 4 + k // 4
+    x = tf.gather(dj, cell) * 4 + k % 4
+    inside = (y < crop_h) & (x < crop_w)
+    second = tf.gather_nd(pp, tf.boolean_mask(sel, inside))  # [P, N]
+    first = tf.one_hot(tf.boolean_mask(tf.gather_nd(i1d, sel), inside),
+                       mask_logits.shape[-1], on_value=True, off_value=False)
+    second = tf.where(first, -1.0, second)
+    where2 = tf.cast(tf.stack([tf.boolean_mask(tf.gather(db, cell), inside),
+                               tf.boolean_mask(y, inside), tf.boolean_mask(x, inside)],
+                              axis=-1), tf.int64)
+    return (cov1, i1, where2, tf.reduce_max(second, axis=-1) > c_lo,
+            tf.argmax(second, axis=-1, output_type=tf.int32))
 
   def mask_scores(self, mask_logits: tf.Tensor, original_size=None) -> tf.Tensor:
     """[B, N] mean probability inside each binary mask, on the stride-4 grid.
@@ -220,12 +271,9 @@ class MaskWiseMerger:
       raise ValueError(f"{num_masks} masks need instance ids up to {num_masks}, which "
                        f"must stay below label_divisor={self.label_divisor}")
     cls, conf, is_thing, confident = self.classify(class_logits)
-    p1, i1, where2, p2, i2 = self.pixel_top2(mask_logits, output_size, original_size)
-    shape = tf.shape(p1)
-    batch = shape[0]
+    cov1, i1, where2, cov2, i2 = self.pixel_masks(mask_logits, output_size, original_size)
+    batch = tf.shape(i1)[0]
     n = num_masks
-    cov1 = p1 > self.pixel_confidence
-    cov2 = p2 > self.pixel_confidence
     i1_at = tf.gather_nd(i1, where2)
     b2 = tf.cast(where2[:, 0], tf.int32)
 

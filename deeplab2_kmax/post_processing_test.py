@@ -78,7 +78,7 @@ def _compare(merger, class_logits, mask_logits, original_size=None):
   out_size = (4 * (mask_logits.shape[1] - 1) + 1, 4 * (mask_logits.shape[2] - 1) + 1)
   got = merger({"class_logits": tf.constant(class_logits),
                 "mask_logits": tf.constant(mask_logits)}, out_size, original_size)
-  up = upsample_mask_logits(tf.constant(mask_logits), out_size).numpy()
+  up = upsample_mask_logits(tf.constant(mask_logits)).numpy()
   stats_all = []
   for b in range(class_logits.shape[0]):
     logits = up[b]
@@ -193,20 +193,39 @@ def test_rejects_too_low_pixel_confidence_and_too_many_masks():
             "mask_logits": np.zeros((1, 3, 3, 8), np.float32)}, (9, 9))
 
 
-def test_dense_single_pass_matches_chunked_and_compiles_with_xla():
+def test_upsampling_matches_tf_align_corners_resize():
+  grid = np.random.default_rng(6).normal(size=(2, 9, 7, 5)).astype(np.float32)
+  want = tf.compat.v1.image.resize_bilinear(grid, (33, 25), align_corners=True).numpy()
+  np.testing.assert_allclose(upsample_mask_logits(grid).numpy(), want, atol=1e-5)
+
+
+def test_xla_compatible_variant_matches_and_compiles_with_xla():
   rng = np.random.default_rng(5)
   class_logits, mask_logits = _random_case(rng, n=12, hs=37, ws=29)
   kwargs = dict(thing_train_ids=[0, 1, 2], label_divisor=256, ignore_label=255,
                 thing_threshold=0.5, stuff_threshold=0.4, thing_area_limit=20,
                 stuff_area_limit=60)
-  chunked = MaskWiseMerger(chunk_grid_rows=4, **kwargs)
-  dense = MaskWiseMerger(chunk_grid_rows=0, **kwargs)
+  cells = MaskWiseMerger(**kwargs)
+  dense = MaskWiseMerger(xla_compatible=True, **kwargs)
   _compare(dense, class_logits, mask_logits)  # exact vs the sequential reference
   inputs = {"class_logits": tf.constant(class_logits), "mask_logits": tf.constant(mask_logits)}
-  want = chunked(inputs, (145, 113))
+  want = cells(inputs, (145, 113))
   got = tf.function(lambda x: dense(x, (145, 113)), jit_compile=True)(inputs)
   for key in ("panoptic", "segment_ids", "segment_classes", "segment_areas",
               "num_segments"):
     np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
   np.testing.assert_allclose(got["segment_scores"].numpy(), want["segment_scores"].numpy(),
                              rtol=1e-5)
+
+
+def test_sharp_and_flat_logits_use_the_cell_shortcuts_exactly():
+  rng = np.random.default_rng(7)
+  merger = MaskWiseMerger(thing_train_ids=[0, 1], label_divisor=256, ignore_label=255,
+                          thing_threshold=0.3, stuff_threshold=0.3, thing_area_limit=8,
+                          stuff_area_limit=32)
+  for scale in (6.0, 0.05):  # sharp masks: mostly clean cells; flat: mostly empty cells
+    class_logits, mask_logits = _random_case(rng, n=10, num_classes=3, hs=29, ws=33, dup=2)
+    mask_logits = mask_logits * scale
+    got, _ = _compare(merger, class_logits, mask_logits)
+    painted = (got["panoptic"].numpy() != 255 * 256).mean()
+    assert (painted > 0.5) if scale > 1 else (painted == 0.0)
