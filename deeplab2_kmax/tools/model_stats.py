@@ -230,15 +230,22 @@ def _rel(ours: float, paper: Optional[float]) -> str:
 
 
 def markdown_table(rows: List[Dict]) -> str:
-  lines = ["| config | params (M) | paper | Δ | GMACs | paper | Δ |",
-           "|---|---|---|---|---|---|---|"]
+  """Rows of model_stats (+ "gin_file") → Markdown table beside the paper's numbers.
+
+  The last column lists the MACs outside every direct sub-layer of the model (e.g.
+  resizing done in KMaXDeepLab.call itself), when the rows have a breakdown.
+  """
+  lines = ["| config | params (M) | paper | Δ | GMACs | paper | Δ | outside sub-layers |",
+           "|---|---|---|---|---|---|---|---|"]
   for row in rows:
     paper_params, paper_gmacs = PAPER_TARGETS.get(row["gin_file"], (None, None))
     params_m = row["params"] / 1e6
+    other = row.get("parts", {}).get("other", {}).get("gmacs")
+    other = "–" if other is None else f"{other:.1f}"
     lines.append(
         f"| {row['gin_file']} | {params_m:.2f} | {paper_params or '–'} | "
         f"{_rel(params_m, paper_params)} | {row['gmacs']:.1f} | {paper_gmacs or '–'} | "
-        f"{_rel(row['gmacs'], paper_gmacs)} |")
+        f"{_rel(row['gmacs'], paper_gmacs)} | {other} |")
   return "\n".join(lines)
 
 

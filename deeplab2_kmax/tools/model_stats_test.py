@@ -1,11 +1,14 @@
 """Tests of the MAC counter (profiler + einsum) and the model_stats CLI pieces."""
 
+import os
+
 import keras
 from keras import ops
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax import backbones
 from deeplab2_kmax.tools import model_stats
 
 
@@ -45,8 +48,47 @@ def test_graph_macs_counts_conv_depthwise_dense_einsum_and_batch_matmul():
 
 
 def test_markdown_table_relative_errors():
-  rows = [{"gin_file": "configs/coco/kmax_r50.gin", "params": 56.58e6, "gmacs": 167.6},
+  rows = [{"gin_file": "configs/coco/kmax_r50.gin", "params": 56.58e6, "gmacs": 167.6,
+           "parts": {"other": {"params": 0, "gmacs": 10.1}}},
           {"gin_file": "configs/cityscapes/kmax_r50.gin", "params": 50e6, "gmacs": 1.0}]
   table = model_stats.markdown_table(rows)
-  assert "| configs/coco/kmax_r50.gin | 56.58 | 57 | -0.7% | 167.6 | 168 | -0.2% |" in table
-  assert "| configs/cityscapes/kmax_r50.gin | 50.00 | – | – |" in table
+  assert ("| configs/coco/kmax_r50.gin | 56.58 | 57 | -0.7% | 167.6 | 168 | -0.2% | 10.1 |"
+          in table)
+  assert "| configs/cityscapes/kmax_r50.gin | 50.00 | – | – | 1.0 | – | – | – |" in table
+
+
+TINY_BINDINGS = [
+    'build_model.num_queries = 8', 'build_model.pixel_decoder_dims = (16, 8, 8, 8)',
+    'build_model.pixel_decoder_blocks = (1, 1, 1, 1)', 'build_model.axial_num_heads = 2',
+    'build_model.decoder_layers = (1, 1, 1)', 'build_model.decoder_channels = 16',
+    'build_model.decoder_key_depth = 8', 'build_model.decoder_value_depth = 16',
+    'build_model.decoder_num_heads = 2', 'build_model.ffn_channels = 16',
+    'build_model.embedding_dim = 8', 'build_model.pixel_head_channels = 16',
+    'build_model.semantic_channels = 8', 'build_model.semantic_low_level_channels = (8, 8)',
+    'build_model.backbone_kwargs = {"depths": (1, 1, 1, 1), "width_multiplier": 0.125, '
+    '"stem_width_multiplier": 0.25}']
+
+
+def test_model_stats_on_a_tiny_config():
+  stats = model_stats.stats_for_config(
+      [os.path.join(model_stats.REPO_ROOT, "configs/coco/kmax_r50.gin")],
+      TINY_BINDINGS, height=97, width=129, num_classes=5, breakdown=True)
+  parts = stats["parts"]
+  assert stats["num_classes"] == 5
+  # inference params exclude exactly the semantic branch
+  assert parts["semantic_branch"]["params"] > 0
+  assert stats["params"] == stats["params_total"] - parts["semantic_branch"]["params"]
+  assert stats["params"] == sum(p["params"] for name, p in parts.items()
+                                if name != "semantic_branch")
+  assert parts["semantic_branch"]["gmacs"] == 0.0  # not run at inference
+  assert sum(p["gmacs"] for p in parts.values()) == pytest.approx(stats["gmacs"], abs=2e-3)
+  # the backbone's share equals the MACs of the same backbone traced alone
+  backbone = backbones.build_backbone("resnet50", depths=(1, 1, 1, 1),
+                                      width_multiplier=0.125, stem_width_multiplier=0.25)
+  backbone(np.zeros((1, 33, 33, 3), "float32"))
+  graph = tf.function(lambda x: backbone(x, training=False)).get_concrete_function(
+      tf.TensorSpec((1, 97, 129, 3), tf.float32)).graph
+  alone = model_stats.graph_macs(graph)["total"] / 1e9
+  assert parts["resnet50"]["gmacs"] == pytest.approx(alone, rel=0.01, abs=2e-3)
+  # stem conv alone: 7x7x3x8 MACs at 49x65 outputs
+  assert alone > 7 * 7 * 3 * 8 * 49 * 65 / 1e9
