@@ -197,7 +197,8 @@ def cluster_figure(image: np.ndarray, assignments: Sequence[np.ndarray],
   panels = ([("input", np.asarray(image))]
             + [(t, colorize_clusters(a, num_clusters)) for t, a in zip(titles, assignments)]
             + [("panoptic prediction", np.asarray(panoptic_rgb))])
-  columns = min(len(panels), 4)
+  # One row for up to 5 panels (the (1, 1, 1) decoder), else two rows (8 for (2, 2, 2)).
+  columns = len(panels) if len(panels) <= 5 else -(-len(panels) // 2)
   rows = -(-len(panels) // columns)
   height, width = np.asarray(image).shape[:2]
   panel_w = 3.0
