@@ -40,6 +40,47 @@ from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import resize
 
 _RESIZED_AUX_KEYS = ("mask_logits", "pixel_embeddings")
+# Keras' registry of sub-layers and TF's dependency tables: every layer in them is
+# also reachable through the attribute that holds it.
+_KERAS_INTERNAL_LISTS = ("_layers",)
+_TF_INTERNAL_PREFIX = "_self_"
+
+
+def list_held_layers(root: keras.layers.Layer) -> dict:
+  """Layers that are reachable from `root` only through lists/tuples/dicts.
+
+  Keras 3 wraps list attributes in its own tracked collections, which
+  tf.train.Checkpoint does not follow, so layers kept in lists (decoder layers,
+  blocks, fusions, ...) would silently be missing from checkpoints. Returns
+  {"<attribute path>/<index or key>": layer} for every such layer in the whole tree
+  (including the backbone), keyed by attribute names and positions only, so the keys
+  do not depend on Keras' auto-generated layer names.
+  """
+  found, seen = {}, set()
+
+  def visit(layer, prefix):
+    if id(layer) in seen:
+      return
+    seen.add(id(layer))
+    for attr, value in sorted(vars(layer).items()):
+      if attr in _KERAS_INTERNAL_LISTS or attr.startswith(_TF_INTERNAL_PREFIX):
+        continue
+      if isinstance(value, keras.layers.Layer):
+        visit(value, f"{prefix}{attr}/")
+      elif isinstance(value, (list, tuple, dict)):
+        visit_collection(value, f"{prefix}{attr}")
+
+  def visit_collection(value, prefix):
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+      if isinstance(item, keras.layers.Layer):
+        found.setdefault(f"{prefix}/{key}", item)
+        visit(item, f"{prefix}/{key}/")
+      elif isinstance(item, (list, tuple, dict)):
+        visit_collection(item, f"{prefix}/{key}")
+
+  visit(root, "")
+  return found
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -179,6 +220,14 @@ class KMaXDeepLab(keras.Model):
       outputs["semantic_logits"] = self.semantic_branch(semantic_endpoints,
                                                         training=training)
     return outputs
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    """Adds the list-held sub-layers (see `list_held_layers`) to checkpoints."""
+    children = super()._trackable_children(save_type, **kwargs)
+    if save_type == "checkpoint":
+      for key, layer in list_held_layers(self).items():
+        children.setdefault(f"listed/{key}", layer)
+    return children
 
   def get_config(self):
     config = {"name": self.name, "num_classes": self.num_classes}
