@@ -29,6 +29,8 @@ def test_outputs_void_prior_and_temperature():
   assert tuple(head.mask_logits_bn.gamma.shape) == (1,)
   clone = heads.PredictionHead.from_config(head.get_config())
   assert clone.get_config() == head.get_config()
+  pixel_head = heads.PixelHead.from_config(head.pixel_head.get_config())
+  assert pixel_head.get_config() == head.pixel_head.get_config()
 
 
 def test_full_size_parameter_count():

@@ -29,11 +29,21 @@ def test_coco_and_cityscapes_variants_output_stride4_logits():
 
 def test_aspp_pooling_branch_is_global():
   aspp = semantic_decoder.ASPP(4, (1, 2, 3), dropout_rate=0.0)
-  x = np.random.default_rng(1).normal(size=(1, 6, 7, 3)).astype("float32")
-  y = aspp(x)
-  assert tuple(y.shape) == (1, 6, 7, 4)
-  pooled = np.asarray(aspp.pool_conv(x.mean(axis=(1, 2), keepdims=True)))
-  assert pooled.shape == (1, 1, 1, 4)
+  x = np.random.default_rng(1).normal(size=(1, 9, 9, 3)).astype("float32")
+  y = np.asarray(aspp(x))
+  assert y.shape == (1, 9, 9, 4)
+  # Pixel (8, 8) is outside the receptive field (±3) of every conv branch at (0, 0);
+  # only the image-pooling branch carries its change there.
+  x2 = x.copy()
+  x2[0, 8, 8] += 10.0
+  y2 = np.asarray(aspp(x2))
+  assert np.abs(y2[0, 0, 0] - y[0, 0, 0]).max() > 1e-4
+  aspp.pool_conv.bn.gamma.assign(np.zeros(4, "float32"))
+  aspp.pool_conv.bn.beta.assign(np.zeros(4, "float32"))
+  np.testing.assert_allclose(np.asarray(aspp(x2))[0, 0, 0],
+                             np.asarray(aspp(x))[0, 0, 0], atol=1e-6)
+  clone = semantic_decoder.ASPP.from_config(aspp.get_config())
+  assert clone.get_config() == aspp.get_config()
 
 
 def test_full_size_parameter_count():
