@@ -163,10 +163,16 @@ def build_optimizer(total_steps: int,
   return optimizer
 
 
+def schedule_of(optimizer):
+  """The learning-rate schedule (or constant) of a (possibly loss-scaled) optimizer."""
+  inner = getattr(optimizer, "inner_optimizer", optimizer)
+  return inner._learning_rate  # pylint: disable=protected-access
+
+
 def current_learning_rate(optimizer, step=None) -> float:
   """The base (non-backbone) learning rate at `step` (default: the optimizer's step)."""
   inner = getattr(optimizer, "inner_optimizer", optimizer)
-  lr = inner._learning_rate  # pylint: disable=protected-access
+  lr = schedule_of(optimizer)
   if step is None:
     step = inner.iterations
   if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):

@@ -11,6 +11,7 @@ so the SUM all-reduce of gradients gives the gradient of the global-batch mean, 
 summed per-replica losses are the global means that get logged.
 """
 
+import inspect
 import math
 import re
 import time
@@ -38,10 +39,11 @@ def backbone_pattern_for(model) -> Optional[str]:
 
 
 def build_model_variables(model, image_shape, strategy) -> None:
-  """Creates the model's variables with one inference call on a zero image."""
+  """Creates all the model's variables, the training-only branch included, with a
+  symbolic training-mode call (nothing runs, so batch-norm statistics stay untouched)."""
   height, width = image_shape[1] or 65, image_shape[2] or 65
   with strategy.scope():
-    model(tf.zeros([1, height, width, 3], tf.float32), training=False)
+    model(keras.Input(shape=(height, width, 3), batch_size=1), training=True)
 
 
 def _format_eta(seconds: float) -> str:
@@ -55,7 +57,8 @@ class Trainer:
 
   Args:
     model, loss_fn, optimizer: created under `strategy.scope()`; `loss_fn(outputs,
-      labels)` returns a dict of scalar losses with a `total` entry (KMaXLoss).
+      labels[, seed])` returns a dict of scalar losses with a `total` entry (KMaXLoss;
+      a `seed` argument gets [step, replica id] for deterministic pixel sampling).
     strategy: the tf.distribute strategy.
     model_dir: checkpoints go here, summaries to `model_dir/train`.
     steps_per_loop: training steps per tf.function call (also the logging period).
@@ -95,16 +98,22 @@ class Trainer:
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    try:
+      self._loss_takes_seed = "seed" in inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):
+      self._loss_takes_seed = False
     self._compile_functions(self.jit_compile)
     self.checkpoint_state = None
     self._writer = None
 
-  def _compile_functions(self, jit_compile: bool):
-    # TPUs compile everything with XLA anyway; elsewhere only the arithmetic is nested in
-    # an XLA function (a plain function otherwise: a nested tf.function must not contain
-    # cross-replica sync points such as synchronized batch norm).
-    if jit_compile and not isinstance(self.strategy, tf.distribute.TPUStrategy):
-      self._grad_fn = tf.function(self._losses_and_gradients, jit_compile=True)
+  def _compile_functions(self, jit_compile: bool, nested: bool = True):
+    # The arithmetic (forward, losses, gradients) is its own tf.function, traced once
+    # however many steps a loop call unrolls, and XLA-compiled with jit_compile (TPUs
+    # compile everything anyway). A nested tf.function must not contain cross-replica
+    # sync points (synchronized batch norm under a multi-replica strategy): then it is
+    # inlined as plain Python instead (see _run_loop).
+    if nested and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+      self._grad_fn = tf.function(self._losses_and_gradients, jit_compile=jit_compile)
     else:
       self._grad_fn = self._losses_and_gradients
     self._loop_fn = tf.function(self._train_loop)
@@ -113,13 +122,14 @@ class Trainer:
     try:
       return self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
     except RuntimeError as e:
-      if not (self.jit_compile and "merge_call" in str(e)):
+      if "merge_call" not in str(e) or self._grad_fn == self._losses_and_gradients:
         raise
-      logging.warning("XLA is not possible around a cross-replica sync point (synchronized "
-                      "batch norm under %s): training without jit_compile",
-                      type(self.strategy).__name__)
+      if self.jit_compile:
+        logging.warning("XLA is not possible around a cross-replica sync point "
+                        "(synchronized batch norm under %s): training without "
+                        "jit_compile", type(self.strategy).__name__)
       self.jit_compile = False
-      self._compile_functions(False)
+      self._compile_functions(False, nested=False)
       return self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
 
   # --- one step ---------------------------------------------------------------------
@@ -128,7 +138,13 @@ class Trainer:
     replicas = self.strategy.num_replicas_in_sync
     with tf.GradientTape() as tape:
       outputs = self.model(features["image"], training=True)
-      losses = {k: tf.cast(v, tf.float32) for k, v in self.loss_fn(outputs, labels).items()}
+      if self._loss_takes_seed:  # deterministic pixel sampling: seed = [step, replica]
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.cast(self.step, tf.int64), tf.cast(replica, tf.int64)])
+        raw = self.loss_fn(outputs, labels, seed=seed)
+      else:
+        raw = self.loss_fn(outputs, labels)
+      losses = {k: tf.cast(v, tf.float32) for k, v in raw.items()}
       if "total" not in losses:
         raise KeyError(f"the loss returned {sorted(losses)}; it must have a 'total' entry")
       loss = losses["total"] / replicas
@@ -138,6 +154,9 @@ class Trainer:
     return grads, {k: v / replicas for k, v in losses.items()}
 
   def _replica_step(self, features, labels):
+    # Strings (image ids, file names) are neither needed by the loss nor XLA-compatible.
+    labels = {k: v for k, v in labels.items() if v.dtype != tf.string}
+    features = {k: v for k, v in features.items() if v.dtype != tf.string}
     grads, losses = self._grad_fn(features, labels)
     if self.clip_gradient_norm > 0:
       grads, _ = tf.clip_by_global_norm(grads, self.clip_gradient_norm)

@@ -1,0 +1,165 @@
+"""One experiment from gin config + dataset files: train, eval, train_and_eval,
+continuous_eval. `trainer/train.py` is the CLI around `run`.
+
+The dataset comes from arguments that override the gin config (the CLI flags
+--train_tfrecord / --eval_tfrecord / --dataset_info / --train_steps), so a converted
+dataset of one's own trains without code changes: `dataset_info.json` gives the number
+of classes, the thing classes and the label constants.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+from absl import logging
+import gin
+import keras
+import tensorflow as tf
+
+from data.dataset_info import DatasetInfo
+from data.input_pipeline import build_dataset
+from deeplab2_kmax import backbones  # pylint: disable=unused-import  (gin configurables)
+from deeplab2_kmax.losses.kmax_loss import KMaXLoss
+from deeplab2_kmax.model import build_model
+from trainer import distribution
+from trainer import evaluator as evaluator_lib
+from trainer import optimizer as optimizer_lib
+from trainer import train_lib
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+
+@dataclasses.dataclass
+class DataFiles:
+  """Where the data is (flags win over gin)."""
+  train_tfrecord: Optional[str] = None
+  eval_tfrecord: Optional[str] = None
+  dataset_info: Optional[str] = None
+
+
+@gin.configurable
+def data_files(train_tfrecord: Optional[str] = None, eval_tfrecord: Optional[str] = None,
+               dataset_info: Optional[str] = None) -> DataFiles:
+  """gin defaults for the data files (e.g. `data_files.dataset_info = '...json'`)."""
+  return DataFiles(train_tfrecord, eval_tfrecord, dataset_info)
+
+
+@gin.configurable
+def experiment_options(eval_every: int = 0, eval_batch_size: int = 1,
+                       eval_crop_size=None, continuous_eval_timeout: int = 3600) -> dict:
+  """eval_every: steps between evals in train_and_eval (0: only at the end).
+  eval_crop_size: the padded eval size (None: build_dataset's crop_size binding)."""
+  return dict(eval_every=eval_every, eval_batch_size=eval_batch_size,
+              eval_crop_size=eval_crop_size,
+              continuous_eval_timeout=continuous_eval_timeout)
+
+
+def use_synchronized_batch_norm(model) -> int:
+  """Turns every BatchNormalization of `model` into synchronized BN (before its first
+  call); returns how many. Needed when a strategy splits the batch over replicas."""
+  count = 0
+  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.synchronized = True
+      count += 1
+  return count
+
+
+def _need(value, flag: str, what: str) -> str:
+  if not value:
+    raise ValueError(f"{what} is not set: pass --{flag} (or bind data_files.{flag})")
+  return value
+
+
+def run(mode: str, model_dir: str, files: DataFiles, train_steps: Optional[int] = None,
+        strategy: Optional[tf.distribute.Strategy] = None,
+        jit_compile: Optional[bool] = None, mixed_precision: bool = False,
+        seed: Optional[int] = None) -> dict:
+  """Runs one mode; returns the last eval metrics (or the last train losses)."""
+  if mode not in MODES:
+    raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+  info_path = _need(files.dataset_info, "dataset_info", "the dataset_info.json path")
+  if not tf.io.gfile.exists(info_path):
+    raise FileNotFoundError(f"--dataset_info={info_path}: no such file")
+  info = DatasetInfo.load(info_path)
+  strategy = strategy or distribution.get_strategy()
+  policy = distribution.resolve_precision(mixed_precision)
+  keras.mixed_precision.set_global_policy(policy)
+  if seed is not None:
+    keras.utils.set_random_seed(seed)
+  chief = distribution.is_chief(strategy)
+  own_dir = distribution.worker_model_dir(model_dir, strategy)
+  options = experiment_options()
+
+  with strategy.scope():
+    model = build_model(num_classes=info.num_classes)
+    if strategy.num_replicas_in_sync > 1:
+      logging.info("synchronized batch norm in %d layers", use_synchronized_batch_norm(model))
+  logging.info("model for %d classes (%s), policy %s", info.num_classes, info.name, policy)
+
+  evaluator, eval_dataset = None, None
+  if mode != "train" and chief:
+    eval_files = _need(files.eval_tfrecord, "eval_tfrecord", "the eval TFRecord glob")
+    kwargs = {"crop_size": options["eval_crop_size"]} if options["eval_crop_size"] else {}
+    eval_dataset = build_dataset(eval_files, info, is_training=False,
+                                 batch_size=options["eval_batch_size"], **kwargs)
+    evaluator = evaluator_lib.Evaluator(model, info, model_dir, write_files=chief)
+
+  if mode in ("eval", "continuous_eval"):
+    return _evaluate_checkpoints(mode, model, model_dir, evaluator, eval_dataset,
+                                 train_steps, options["continuous_eval_timeout"])
+
+  train_files = _need(files.train_tfrecord, "train_tfrecord", "the train TFRecord glob")
+  train_dataset = build_dataset(train_files, info, is_training=True, seed=seed)
+  with strategy.scope():
+    kwargs = {"total_steps": train_steps} if train_steps else {}
+    try:
+      optimizer = optimizer_lib.build_optimizer(
+          backbone_pattern=train_lib.backbone_pattern_for(model),
+          mixed_precision=policy == "mixed_float16", **kwargs)
+    except TypeError as e:
+      if "total_steps" not in str(e):
+        raise
+      raise ValueError("the number of training steps is not set: pass --train_steps "
+                       "(or bind build_optimizer.total_steps)") from e
+    loss = KMaXLoss()
+  total_steps = optimizer_lib.schedule_of(optimizer).total_steps
+  trainer = train_lib.Trainer(model, loss, optimizer, strategy, own_dir,
+                              jit_compile=jit_compile, is_chief=chief)
+  last_metrics = {}
+
+  def eval_fn(step):
+    nonlocal last_metrics
+    if evaluator is not None:
+      last_metrics = evaluator.evaluate(eval_dataset, step)
+
+  losses = trainer.train(train_dataset, total_steps,
+                         eval_fn=eval_fn if mode == "train_and_eval" else None,
+                         eval_every=options["eval_every"])
+  return last_metrics or losses
+
+
+def _evaluate_checkpoints(mode, model, model_dir, evaluator, dataset, train_steps,
+                          timeout) -> dict:
+  """eval: the latest checkpoint once; continuous_eval: each new one until the last."""
+  if evaluator is None:
+    return {}
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  checkpoint = tf.train.Checkpoint(model=model, step=step)
+  if mode == "eval":
+    path = tf.train.latest_checkpoint(model_dir)
+    if path is None:
+      raise FileNotFoundError(f"--model_dir={model_dir} has no checkpoint to evaluate")
+    paths = [path]
+  else:
+    paths = tf.train.checkpoints_iterator(model_dir, timeout=timeout)
+  metrics = {}
+  for path in paths:
+    train_lib.build_model_variables(model, dataset.element_spec[0]["image"].shape,
+                                    tf.distribute.get_strategy())
+    checkpoint.restore(path).expect_partial()
+    logging.info("evaluating %s (step %d)", path, int(step.numpy()))
+    metrics = evaluator.evaluate(dataset, int(step.numpy()))
+    if mode == "continuous_eval" and train_steps and int(step.numpy()) >= train_steps:
+      break
+  return metrics

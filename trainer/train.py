@@ -1,0 +1,96 @@
+r"""Trains and/or evaluates kMaX-DeepLab from gin configs.
+
+  python trainer/train.py --gin_file=CONFIG.gin [--gin_file=...] \
+      [--gin_bindings='build_optimizer.base_learning_rate = 1e-4'] \
+      --model_dir=DIR --mode=train|eval|train_and_eval|continuous_eval \
+      --train_tfrecord='OUT/train-*.tfrecord' --eval_tfrecord='OUT/val-*.tfrecord' \
+      --dataset_info=OUT/dataset_info.json --train_steps=N
+
+* The data flags override the config (`data_files.*`), `--train_steps` overrides
+  `build_optimizer.total_steps`; the number of classes / thing classes / label constants
+  come from dataset_info.json (written by the converters).
+* Strategy: default (one device), MirroredStrategy over all local GPUs (or
+  --num_gpus), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
+  TPUStrategy with --tpu. The gin-bound batch size is the global batch.
+* Restarting with the same --model_dir resumes; SIGTERM/SIGINT save a checkpoint and exit
+  with 128 + the signal number; a NaN/Inf loss stops with exit status 3.
+* TensorBoard: `tensorboard --logdir DIR` (train/ and eval/); eval metrics also in
+  DIR/eval/metrics.json.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), applied in order.")
+  flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, applied last.")
+  flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and eval metrics go here.")
+  flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval", "continuous_eval"],
+                    "What to run.")
+  flags.DEFINE_string("train_tfrecord", None, "Glob of the training TFRecord shards.")
+  flags.DEFINE_string("eval_tfrecord", None, "Glob of the evaluation TFRecord shards.")
+  flags.DEFINE_string("dataset_info", None, "The converter's dataset_info.json.")
+  flags.DEFINE_integer("train_steps", None, "Training steps (overrides the config).")
+  flags.DEFINE_enum("strategy", "auto", ["auto", "default", "mirrored", "multi_worker",
+                                         "tpu"], "tf.distribute strategy.")
+  flags.DEFINE_integer("num_gpus", None, "GPUs for MirroredStrategy (default: all).")
+  flags.DEFINE_string("tpu", None, "TPU address (or 'local') for TPUStrategy.")
+  flags.DEFINE_bool("jit_compile", None,
+                    "XLA-compile the train step (default: on GPU/TPU, off on CPU).")
+  flags.DEFINE_bool("mixed_precision", False,
+                    "mixed_float16 on GPU (ignored on CPU, which trains in float32).")
+  flags.DEFINE_integer("seed", None, "Seed of model init and data order/augmentation.")
+  flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+  flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  import gin  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
+  from trainer import distribution  # pylint: disable=g-import-not-at-top
+  from trainer import experiment  # pylint: disable=g-import-not-at-top
+
+  for path in FLAGS.gin_file:
+    if not os.path.exists(path):
+      raise app.UsageError(f"--gin_file={path}: no such file")
+  gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+  if FLAGS.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  strategy = distribution.get_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
+  defaults = experiment.data_files()
+  files = experiment.DataFiles(
+      train_tfrecord=FLAGS.train_tfrecord or defaults.train_tfrecord,
+      eval_tfrecord=FLAGS.eval_tfrecord or defaults.eval_tfrecord,
+      dataset_info=FLAGS.dataset_info or defaults.dataset_info)
+  os.makedirs(FLAGS.model_dir, exist_ok=True)
+  with open(os.path.join(FLAGS.model_dir, "operative_config.gin"), "w") as f:
+    f.write(gin.config_str())
+  try:
+    result = experiment.run(FLAGS.mode, FLAGS.model_dir, files, FLAGS.train_steps,
+                            strategy=strategy, jit_compile=FLAGS.jit_compile,
+                            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
+  except checkpointing.TrainingInterrupted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)
+  except checkpointing.NonFiniteLossError as e:
+    logging.error("%s", e)
+    sys.exit(3)
+  summary = {k: v for k, v in result.items() if k != "per_class"}
+  logging.info("done: %s", summary)
+  print(f"final: {summary}", flush=True)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  define_flags()
+  app.run(main)
