@@ -46,7 +46,8 @@ def draw(predictor: inference.PanopticPredictor, info, image: np.ndarray,
   overlay = visualization.overlay_panoptic(
       image, pred["panoptic"].numpy(), info.label_divisor, info.ignore_label,
       dict(enumerate(info.names)), dict(enumerate(info.colors)),
-      min_label_fraction=min_label_fraction)
+      min_label_fraction=min_label_fraction,
+      scale=max(1, round(300 / max(image.shape[:2]))))  # small images: legible names
   titles = [f"decoder layer {i + 1} (stride {s})" for i, s in enumerate(strides)]
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   visualization.cluster_figure(image, maps, overlay, num_clusters, titles,
