@@ -136,7 +136,12 @@ def test_build_model_from_gin_with_named_backbone():
   finally:
     gin.clear_config()
   assert model.interaction == "dual_path_kmeans_cross_attention"
+  # Symbolic build (what the trainer does before restoring) creates every variable.
+  symbolic = model(keras.Input(shape=(65, 65, 3), batch_size=1), training=True)
+  assert tuple(symbolic["mask_logits"].shape) == (1, 17, 17, 16)
+  num_weights = len(model.weights)
   out = model(_images(batch=1), training=True)
+  assert len(model.weights) == num_weights
   assert out["class_logits"].shape == (1, 16, 3)
   assert out["mask_logits"].shape == (1, 9, 9, 16)
   assert len(out["aux_outputs"]) == 3
