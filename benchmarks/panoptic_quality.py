@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import sys
 import time
 
@@ -96,6 +97,13 @@ def make_dataset(data_dir, num_images, h=512, w=1024, seed=0):
   open(marker, "w").close()
 
 
+def _cpu_seconds() -> float:
+  """CPU time of this process and its reaped children (the PQ worker pool)."""
+  own = resource.getrusage(resource.RUSAGE_SELF)
+  kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _max_diff(a, b):
   diffs = [abs(a[s][k] - b[s][k]) for s in ("All", "Things", "Stuff")
            for k in ("pq", "sq", "rq", "n")]
@@ -118,12 +126,12 @@ def main():
                pred_json_file=os.path.join(args.data_dir, "pred.json"),
                gt_folder=os.path.join(args.data_dir, "gt"),
                pred_folder=os.path.join(args.data_dir, "pred"))
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), _cpu_seconds()
   ours = pqm.pq_compute(**files, num_workers=args.num_workers, progress=False)
-  t_ours = time.perf_counter() - t0
+  t_ours, c_ours = time.perf_counter() - t0, _cpu_seconds() - c0
   print(json.dumps({"impl": "ours", "workers": args.num_workers or os.cpu_count(),
-                    "seconds": round(t_ours, 3), "pq": ours["All"]["pq"],
-                    "n": ours["All"]["n"]}), flush=True)
+                    "seconds": round(t_ours, 3), "cpu_seconds": round(c_ours, 3),
+                    "pq": ours["All"]["pq"], "n": ours["All"]["n"]}), flush=True)
   try:
     from panopticapi import evaluation as papi  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -136,7 +144,7 @@ def main():
   cats = {c["id"]: c for c in gt_json["categories"]}
   pred_by_id = {a["image_id"]: a for a in pred_json["annotations"]}
   pairs = [(a, pred_by_id[a["image_id"]]) for a in gt_json["annotations"]]
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), _cpu_seconds()
   with contextlib.redirect_stdout(io.StringIO()):
     stat = papi.pq_compute_single_core(0, pairs, files["gt_folder"], files["pred_folder"],
                                        cats)
@@ -145,10 +153,12 @@ def main():
     theirs[name], per_class = stat.pq_average(cats, isthing=isthing)
     if name == "All":
       theirs["per_class"] = {str(k): v for k, v in per_class.items()}
-  t_theirs = time.perf_counter() - t0
+  t_theirs, c_theirs = time.perf_counter() - t0, _cpu_seconds() - c0
   print(json.dumps({"impl": "panopticapi_single_process", "seconds": round(t_theirs, 3),
-                    "pq": theirs["All"]["pq"], "n": theirs["All"]["n"]}), flush=True)
+                    "cpu_seconds": round(c_theirs, 3), "pq": theirs["All"]["pq"],
+                    "n": theirs["All"]["n"]}), flush=True)
   print(json.dumps({"speedup": round(t_theirs / t_ours, 2),
+                    "cpu_time_ratio": round(c_theirs / max(c_ours, 1e-9), 2),
                     "ms_per_pair_ours": round(1000 * t_ours / args.num_images, 2),
                     "ms_per_pair_panopticapi": round(1000 * t_theirs / args.num_images, 2),
                     "max_abs_diff": _max_diff(ours, theirs)}), flush=True)

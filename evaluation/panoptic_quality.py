@@ -29,16 +29,44 @@ class PanopticFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------- PNG ids
-def read_id_png(path: str) -> np.ndarray:
-  """Reads a COCO-panoptic PNG into uint32 segment ids (R + 256 G + 256^2 B)."""
+def _decode_rgb_into(img, out: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  """Decodes an 8-bit RGB PNG straight into a uint32 buffer, or returns None.
+
+  PIL's decoder unpacks the RGB rows into 4-byte RGBX pixels of an image that shares
+  memory with `out` (no decode-then-convert, no tobytes copy, no fresh pages); the
+  little-endian uint32 value is then id + (255 << 24).
+  """
+  if not (img.mode == "RGB" and hasattr(img, "_mode") and len(img.tile) == 1
+          and img.tile[0][3] in ("RGB", ("RGB",))):
+    return None
+  width, height = img.size
+  if (out is None or out.shape != (height, width) or out.dtype != np.uint32
+      or not out.flags.writeable or not out.flags.c_contiguous):
+    out = np.empty((height, width), np.uint32)
+  try:
+    target = Image.frombuffer("RGBX", img.size, out, "raw", "RGBX", 0, 1)
+    img._mode = "RGBX"  # pylint: disable=protected-access
+    img.im = target.im
+    img.load()
+  except (AttributeError, TypeError):
+    return None
+  if img.im is not target.im:  # PIL decoded elsewhere: take the ordinary path
+    return None
+  np.bitwise_and(out, np.uint32(0xFFFFFF), out=out)
+  return out
+
+
+def read_id_png(path: str, out: Optional[np.ndarray] = None) -> np.ndarray:
+  """Reads a COCO-panoptic PNG into uint32 segment ids (R + 256 G + 256^2 B).
+
+  `out`: an optional reusable [H, W] uint32 buffer (used when the size matches).
+  """
   try:
     img = Image.open(path)
-    if (img.mode == "RGB" and hasattr(img, "_mode") and len(img.tile) == 1
-        and img.tile[0][3] in ("RGB", ("RGB",))):  # 8-bit RGB rows only
-      # Let the decoder unpack the RGB rows straight into 4-byte RGBX pixels (PIL's
-      # RGB->RGBX unpacker) rather than decoding then converting: the little-endian
-      # uint32 view is then id + (255 << 24). Several times cheaper in CPU time.
-      img._mode = "RGBX"  # pylint: disable=protected-access
+    ids = _decode_rgb_into(img, out)
+    if ids is not None:
+      return ids
+    img = Image.open(path)
     img.load()
   except (OSError, ValueError, SyntaxError) as e:
     raise PanopticFormatError(f"cannot read panoptic PNG {path}: {e}") from e
@@ -53,13 +81,25 @@ def read_id_png(path: str) -> np.ndarray:
 
 
 class _IdTable:
-  """Reusable 2^24 lookup table from segment id to compact label (reset after use)."""
+  """Per-process workspace: a 2^24 lookup table from segment id to compact label (reset
+  after use) and reusable pixel buffers (no fresh pages per image)."""
 
   def __init__(self):
     self.table = np.full(_ID_SPACE, -1, np.int16)
     self.wide = None  # int32 table, only for images with > 32766 segments
+    self.buffers = {}
 
-  def labels(self, ids: np.ndarray, seg_ids: Sequence[int]) -> np.ndarray:
+  def buffer(self, name: str, shape, dtype) -> np.ndarray:
+    buf = self.buffers.get(name)
+    if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+      buf = self.buffers[name] = np.empty(shape, dtype)
+    return buf
+
+  def read(self, path: str, name: str) -> np.ndarray:
+    return read_id_png(path, self.buffers.get(name + "_ids"))
+
+  def labels(self, ids: np.ndarray, seg_ids: Sequence[int], name: str) -> np.ndarray:
+    self.buffers[name + "_ids"] = ids  # reuse the decode buffer next time
     seg_ids = np.asarray(seg_ids, np.int64)
     if len(seg_ids) >= np.iinfo(np.int16).max - 1:
       if self.wide is None:
@@ -70,7 +110,7 @@ class _IdTable:
     table[0] = 0
     table[seg_ids] = np.arange(1, len(seg_ids) + 1)
     try:
-      return np.take(table, ids)
+      return np.take(table, ids, out=self.buffer(name + "_lab", ids.shape, table.dtype))
     finally:
       table[seg_ids] = -1
 
@@ -96,8 +136,8 @@ def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str
   image_id = gt_ann["image_id"]
   gt_path = os.path.join(gt_folder, gt_ann["file_name"])
   pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-  gt_ids = read_id_png(gt_path)
-  pred_ids = read_id_png(pred_path)
+  gt_ids = table.read(gt_path, "gt")
+  pred_ids = table.read(pred_path, "pred")
   if gt_ids.shape != pred_ids.shape:
     raise PanopticFormatError(
         f"{pred_path}: size {pred_ids.shape} differs from ground truth {gt_path} "
@@ -107,11 +147,11 @@ def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str
   gt_keys = list(gt_segs)
   pred_keys = list(pred_segs)
 
-  gt_lab = table.labels(gt_ids, gt_keys)
+  gt_lab = table.labels(gt_ids, gt_keys, "gt")
   if gt_lab.min() < 0:  # ids not listed in the gt JSON: neither void nor segments
     gt_lab = gt_lab.astype(np.int32)
     gt_lab[gt_lab < 0] = len(gt_keys) + 1
-  pred_lab = table.labels(pred_ids, pred_keys)
+  pred_lab = table.labels(pred_ids, pred_keys, "pred")
   if pred_lab.min() < 0:
     bad = np.unique(pred_ids[pred_lab < 0])
     raise PanopticFormatError(

@@ -232,3 +232,21 @@ def test_online_accumulator_matches_offline_cli(tmp_path):
   for cid, vals in online["per_class"].items():
     for key, v in vals.items():
       assert offline["per_class"][cid][key] == pytest.approx(v, abs=1e-12)
+
+
+def test_read_id_png_fast_path_reuses_buffer_and_matches_slow_path(tmp_path):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 1 << 24, size=(7, 9)).astype(np.uint32)
+  writers.write_id_png(str(tmp_path / "a.png"), ids)
+  buf = np.zeros((7, 9), np.uint32)
+  out = pqm.read_id_png(str(tmp_path / "a.png"), buf)
+  assert out is buf
+  np.testing.assert_array_equal(out, ids)
+  rgb = np.asarray(Image.open(tmp_path / "a.png")).astype(np.uint32)
+  np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], ids)
+  Image.fromarray((ids % 251).astype(np.uint8)).save(tmp_path / "gray.png")  # 'L' mode
+  np.testing.assert_array_equal(pqm.read_id_png(str(tmp_path / "gray.png"), buf), ids % 251)
+  with pytest.raises(pqm.PanopticFormatError, match="cannot read panoptic PNG"):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    pqm.read_id_png(str(tmp_path / "bad.png"))
