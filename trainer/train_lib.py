@@ -12,7 +12,9 @@ summed per-replica losses are the global means that get logged.
 """
 
 import inspect
+import json
 import math
+import os
 import re
 import time
 from typing import Callable, Dict, Optional
@@ -266,6 +268,10 @@ class Trainer:
     values.update({"learning_rate": lr, "examples_per_second": speed,
                    "steps_per_second": done / max(elapsed, 1e-9)})
     self._writer.scalars(values, step)
+    if self.is_chief:  # a plain-text copy of the curves (the demo prints it)
+      os.makedirs(os.path.join(self.model_dir, "train"), exist_ok=True)
+      with open(os.path.join(self.model_dir, "train", "history.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
     bar.update(done)
     bar.set_postfix(loss=f"{losses.get('total', math.nan):.4f}", lr=f"{lr:.2e}")
     terms = " ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items()) if k != "total")
