@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -341,11 +342,15 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  start = time.time()
   results = pq_compute(f.gt_json_file, f.pred_json_file, f.gt_folder, f.pred_folder,
                        num_workers=f.num_workers)
-  print(pq_core.format_table(results))
   if f.per_class:
-    print(pq_core.format_per_class(results))
+    names = {c["id"]: c.get("name", "")
+             for c in _load_json(f.gt_json_file, "ground-truth JSON")["categories"]}
+    print(pq_core.format_per_class(results, names))
+  print(pq_core.format_table(results))
+  print(f"Time elapsed: {time.time() - start:0.2f} seconds")
   if f.output_json:
     os.makedirs(os.path.dirname(os.path.abspath(f.output_json)), exist_ok=True)
     with open(f.output_json, "w") as out:
