@@ -81,6 +81,12 @@ def prepare_image(image: tf.Tensor, input_size: Optional[Tuple[int, int]] = None
   return x[tf.newaxis], inner
 
 
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+  """JPEG / PNG / BMP / GIF bytes -> uint8 [h, w, 3] (grey and RGBA converted, first GIF
+  frame); malformed bytes raise InvalidArgumentError."""
+  return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
 def covering_grid(length, stride):
   """Number of grid points of a `stride` grid (align corners) covering pixels
   0..length-1."""
@@ -198,16 +204,12 @@ class PanopticPredictor(tf.Module):
     void, plus `image_size` [B, 2] (height, width of each image). Malformed bytes
     raise InvalidArgumentError."""
     count = tf.shape(image_bytes)[0]
-
-    def decode(i):
-      return tf.io.decode_image(image_bytes[i], channels=3, dtype=tf.uint8,
-                                expand_animations=False)
-
-    sizes = tf.map_fn(lambda b: tf.shape(tf.io.decode_image(
-        b, channels=3, dtype=tf.uint8, expand_animations=False))[:2], image_bytes,
+    # Sizes first (to pad every map to the largest image), then one image at a time:
+    # each image is decoded twice rather than all decoded images held at once.
+    sizes = tf.map_fn(lambda data: tf.shape(decode_image(data))[:2], image_bytes,
                       fn_output_signature=tf.TensorSpec([2], tf.int32))
     sizes = tf.reshape(sizes, [count, 2])
-    return self._predict_many(count, decode, sizes)
+    return self._predict_many(count, lambda i: decode_image(image_bytes[i]), sizes)
 
 
 def resolve_checkpoint(checkpoint: str) -> str:

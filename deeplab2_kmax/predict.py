@@ -23,14 +23,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from deeplab2_kmax import visualization
+from deeplab2_kmax import inference, visualization
 
 
 def decode_image(data: bytes, path: str) -> np.ndarray:
   """The decoding every path uses (3 channels, first frame), naming the file on error."""
   try:
-    return tf.io.decode_image(data, channels=3, dtype=tf.uint8,
-                              expand_animations=False).numpy()
+    return inference.decode_image(data).numpy()
   except tf.errors.InvalidArgumentError as e:
     raise ValueError(f"{path}: not a decodable image ({e.message.splitlines()[0]})") from e
 
