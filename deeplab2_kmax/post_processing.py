@@ -78,6 +78,22 @@ def upsample_mask_logits(mask_logits: tf.Tensor) -> tf.Tensor:
   return pixels[:, :4 * (shape[1] - 1) + 1, :4 * (shape[2] - 1) + 1]
 
 
+def _crop(mask_logits, output_size, original_size):
+  """(grid points covering the crop, crop height, crop width)."""
+  shape = tf.shape(mask_logits)
+  full_h, full_w = 4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1
+  if output_size is not None:
+    tf.debugging.assert_equal(
+        tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
+        message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
+        "mask logits of a 4k+1 input)")
+  if original_size is None:
+    return mask_logits, full_h, full_w
+  crop_h = tf.minimum(original_size[0], full_h)
+  crop_w = tf.minimum(original_size[1], full_w)
+  return mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :], crop_h, crop_w
+
+
 def _scatter_add(values, segment_ids, num_segments):
   return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
 
@@ -93,7 +109,10 @@ class MaskWiseMerger:
       4(Hs-1)+1 for 4k+1 inputs).
     original_size: optional (h, w) <= (H, W): the maps are cropped to it BEFORE merging,
       so padding never counts toward mask scores or areas.
-  Returns a dict: "panoptic", "semantic", "instance" int32 [B, h, w]; "segment_ids",
+  Returns a dict: "panoptic", "instance" int32 [B, h, w]; "semantic" int32 [B, h, w]:
+  as deeplab2, the threshold-free semantic prediction (class of the per-pixel argmax
+  mask; `pixelwise_semantic=False`: panoptic // label_divisor, void where unassigned);
+  "segment_ids",
   "segment_classes" int32 [B, N] (panoptic value and train id of each segment, -1 after
   num_segments); "segment_scores" float32 [B, N] (class prob × mask score of the
   segment's first mask); "segment_areas" int32 [B, N]; "segment_is_thing" bool [B, N];
@@ -108,7 +127,8 @@ class MaskWiseMerger:
                stuff_threshold: float = 0.5, pixel_confidence: float = 0.4,
                overlap_threshold: float = 0.8, thing_area_limit: int = 400,
                stuff_area_limit: int = 6400, reorder_class_weight: float = 1.0,
-               reorder_mask_weight: float = 1.0, xla_compatible: bool = False):
+               reorder_mask_weight: float = 1.0, xla_compatible: bool = False,
+               pixelwise_semantic: bool = True):
     if pixel_confidence < 1.0 / 3.0:
       raise ValueError(f"pixel_confidence={pixel_confidence}: the vectorized merge needs "
                        ">= 1/3 (at most two masks per pixel); deeplab2 configs use 0.4")
@@ -124,6 +144,7 @@ class MaskWiseMerger:
     self.reorder_class_weight = float(reorder_class_weight)
     self.reorder_mask_weight = float(reorder_mask_weight)
     self.xla_compatible = bool(xla_compatible)
+    self.pixelwise_semantic = bool(pixelwise_semantic)
 
   def get_config(self) -> Dict:
     return dict(thing_train_ids=self.thing_train_ids, label_divisor=self.label_divisor,
@@ -135,7 +156,8 @@ class MaskWiseMerger:
                 stuff_area_limit=self.stuff_area_limit,
                 reorder_class_weight=self.reorder_class_weight,
                 reorder_mask_weight=self.reorder_mask_weight,
-                xla_compatible=self.xla_compatible)
+                xla_compatible=self.xla_compatible,
+                pixelwise_semantic=self.pixelwise_semantic)
 
   # ------------------------------------------------------------------ mask classes
   def classify(self, class_logits: tf.Tensor):
@@ -170,20 +192,7 @@ class MaskWiseMerger:
     one small matmul. `xla_compatible=True` upsamples everything instead
     (static shapes).
     """
-    shape = tf.shape(mask_logits)
-    hs, ws = shape[1], shape[2]
-    full_h, full_w = 4 * (hs - 1) + 1, 4 * (ws - 1) + 1
-    if output_size is not None:
-      tf.debugging.assert_equal(
-          tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
-          message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
-          "mask logits of a 4k+1 input)")
-    if original_size is None:
-      crop_h, crop_w, logits = full_h, full_w, mask_logits
-    else:
-      crop_h = tf.minimum(original_size[0], full_h)
-      crop_w = tf.minimum(original_size[1], full_w)
-      logits = mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :]
+    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
     c_lo = self.pixel_confidence
     c_hi = max(c_lo, 1.0 - c_lo) + 1e-4  # margin over float rounding
     if self.xla_compatible:
@@ -242,6 +251,27 @@ class MaskWiseMerger:
                               axis=-1), tf.int64)
     return (cov1, i1, where2, tf.reduce_max(second, axis=-1) > c_lo,
             tf.argmax(second, axis=-1, output_type=tf.int32))
+
+  def pixelwise_argmax(self, mask_logits: tf.Tensor, output_size=None,
+                       original_size=None) -> tf.Tensor:
+    """[B, h, w] argmax over all masks of the upsampled logits (deeplab2's threshold-free
+    semantic prediction). Cells whose 4 corners share the argmax keep it (a convex
+    combination preserves it); only the other cells are upsampled."""
+    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
+    if self.xla_compatible:
+      up = upsample_mask_logits(logits)[:, :crop_h, :crop_w]
+      return tf.argmax(up, axis=-1, output_type=tf.int32)
+    grid = _pad_grid(logits)
+    ig = tf.argmax(grid, axis=-1, output_type=tf.int32)
+    agree = ((ig[:, :-1, :-1] == ig[:, :-1, 1:]) & (ig[:, :-1, :-1] == ig[:, 1:, :-1])
+             & (ig[:, :-1, :-1] == ig[:, 1:, 1:]))
+    other = tf.where(~agree)
+    ob, oi, oj = (tf.cast(other[:, k], tf.int32) for k in range(3))
+    pix = tf.einsum("kc,pcn->pkn", _cell_weights(), _cell_corners(grid, ob, oi, oj))
+    cells = tf.tile(ig[:, :-1, :-1, None], [1, 1, 1, 16])
+    cells = tf.tensor_scatter_nd_update(
+        cells, other, tf.argmax(pix, axis=-1, output_type=tf.int32))
+    return _cells_to_pixels(cells)[:, :crop_h, :crop_w]
 
   def mask_scores(self, mask_logits: tf.Tensor, original_size=None) -> tf.Tensor:
     """[B, N] mean probability inside each binary mask, on the stride-4 grid.
@@ -342,7 +372,11 @@ class MaskWiseMerger:
     value_s = tf.where(final_s, value_s, void_value)
     table = tf.concat([value_s, tf.fill([batch, 1], void_value)], axis=1)
     panoptic = tf.gather(table, owner_rank, batch_dims=1)
-    semantic = panoptic // self.label_divisor
+    if self.pixelwise_semantic:
+      semantic = tf.gather(cls, self.pixelwise_argmax(mask_logits, output_size,
+                                                      original_size), batch_dims=1)
+    else:
+      semantic = panoptic // self.label_divisor
     instance = panoptic % self.label_divisor
 
     # Segment list: kept things, and the first kept mask of each stuff class.

@@ -92,6 +92,11 @@ def _compare(merger, class_logits, mask_logits, original_size=None):
         merger.pixel_confidence, merger.overlap_threshold, merger.thing_area_limit,
         merger.stuff_area_limit)
     np.testing.assert_array_equal(got["panoptic"][b].numpy(), want)
+    # deeplab2's threshold-free semantic map: class of the per-pixel argmax mask.
+    cls = _softmax(class_logits[b].astype(np.float64))[:, :-1].argmax(-1)
+    want_sem = (cls[logits.argmax(-1)] if merger.pixelwise_semantic
+                else want // merger.label_divisor)
+    np.testing.assert_array_equal(got["semantic"][b].numpy(), want_sem)
     stats_all.append(stats)
   return got, stats_all
 
@@ -145,8 +150,10 @@ def test_default_coco_thresholds_and_segment_info():
     assert 0.0 < float(got["segment_scores"][0, k]) <= 1.0
   scores = got["segment_scores"][0, :num].numpy()
   assert (np.diff(scores) <= 0).all()  # score order
-  np.testing.assert_array_equal(got["semantic"][0].numpy(), pan // 256)
   np.testing.assert_array_equal(got["instance"][0].numpy(), pan % 256)
+  no_pixelwise = MaskWiseMerger(thing_train_ids=[0, 1], label_divisor=256, ignore_label=255,
+                                pixelwise_semantic=False)
+  _compare(no_pixelwise, class_logits, mask_logits)
 
 
 def test_nothing_confident_gives_all_void():
@@ -211,7 +218,7 @@ def test_xla_compatible_variant_matches_and_compiles_with_xla():
   inputs = {"class_logits": tf.constant(class_logits), "mask_logits": tf.constant(mask_logits)}
   want = cells(inputs, (145, 113))
   got = tf.function(lambda x: dense(x, (145, 113)), jit_compile=True)(inputs)
-  for key in ("panoptic", "segment_ids", "segment_classes", "segment_areas",
+  for key in ("panoptic", "semantic", "segment_ids", "segment_classes", "segment_areas",
               "num_segments"):
     np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
   np.testing.assert_allclose(got["segment_scores"].numpy(), want["segment_scores"].numpy(),
