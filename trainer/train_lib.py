@@ -232,6 +232,8 @@ class Trainer:
     step = int(self.step.numpy())
     if step >= total_steps:
       logging.info("step %d >= train_steps %d: nothing to train", step, total_steps)
+      if eval_fn is not None:
+        eval_fn(step)
     bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", unit="step",
                     disable=not (self.progress and self.is_chief), dynamic_ncols=True)
     logs = {}
