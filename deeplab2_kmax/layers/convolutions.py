@@ -69,10 +69,14 @@ class ConvBN(keras.layers.Layer):
     self._act = normalization.get_activation(activation)
 
   def build(self, input_shape):
-    conv_in = list(input_shape)
-    self.conv.build(tuple(conv_in))
+    # The kernel depends only on the channels. Building on the unpadded spatial
+    # size would fail for strided 'valid' convs on inputs smaller than the kernel
+    # (e.g. 3x3 stride 2 on 2x2), although `call` pads first; so spatial dims are
+    # left unknown here.
+    conv_in = (input_shape[0], None, None, input_shape[-1])
+    self.conv.build(conv_in)
     if self.bn is not None:
-      self.bn.build(tuple(conv_in[:-1]) + (self.filters,))
+      self.bn.build((input_shape[0], None, None, self.filters))
 
   def call(self, x, training=False):
     if self.strides != 1:
@@ -133,10 +137,12 @@ class DepthwiseSeparableConv(keras.layers.Layer):
     self._act = normalization.get_activation(activation)
 
   def build(self, input_shape):
-    self.depthwise.build(tuple(input_shape))
+    # Unknown spatial dims, as in ConvBN.build (strided 'valid' on tiny inputs).
+    shape = (input_shape[0], None, None, input_shape[-1])
+    self.depthwise.build(shape)
     if self.depthwise_bn is not None:
-      self.depthwise_bn.build(tuple(input_shape))
-    self.pointwise.build(tuple(input_shape))
+      self.depthwise_bn.build(shape)
+    self.pointwise.build(shape)
 
   def call(self, x, training=False):
     if self.strides != 1:

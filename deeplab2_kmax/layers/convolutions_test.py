@@ -60,3 +60,23 @@ def test_get_config_round_trip(layer, shape):
   clone.set_weights(layer.get_weights())
   assert clone.get_config() == layer.get_config()
   np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(y), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: convolutions.ConvBN(4, 3, strides=2, activation="relu"),
+    lambda: convolutions.ConvBN(4, 5, strides=2, use_bn=False, use_bias=True),
+    lambda: convolutions.DepthwiseSeparableConv(4, 5, strides=2),
+])
+def test_strided_build_on_input_smaller_than_kernel(make):
+  # Regression: build() used the unpadded shape, so a 3x3 stride-2 'valid' conv on a
+  # 2x2 input failed ("output size would be zero or negative") although call() pads.
+  layer = make()
+  layer.build((1, 2, 2, 3))
+  assert layer.built
+  x = np.random.default_rng(3).normal(size=(1, 2, 2, 3)).astype("float32")
+  y = np.asarray(layer(x))
+  assert y.shape == (1, 1, 1, 4)  # ceil(2 / 2)
+  # Symbolic build with unknown spatial dims works too.
+  sym = make()
+  out = sym(keras.Input((None, None, 3)))
+  assert tuple(out.shape) == (None, None, None, 4)
