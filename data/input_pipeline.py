@@ -10,7 +10,14 @@
 * Training: shuffle, repeat, random scale / crop / flip (`data/preprocessing.py`).
   Eval: one pass in file order, pad (shrink only if larger) to `crop_size` (the eval
   size), `original_size` kept.
-* Targets: `data/panoptic_targets.py`.
+* Targets: `data/panoptic_targets.py`. The strided targets (`masks`, `semantic_strided`,
+  `ignore_strided`, `pixel_weights`) are `[::label_stride, ::label_stride]` of the crop,
+  so `label_stride` must equal the model's `output_stride` (the stride of its
+  `mask_logits`): 4 by default, 2 for the Cityscapes configs (stride-2 pixel decoder
+  stage); the trainer passes `label_stride=model.output_stride`. Crops are 4k+1, so the
+  stride-2 grid point i sits on pixel 2i and every stride-4 point on a stride-2 point:
+  the semantic loss (whose logits stay at stride 4) takes its targets as
+  `semantic_strided[:, ::2, ::2]` (`KMaXLoss`, exact; no separate stride-4 keys).
 * Reproducibility: `seed` fixes file order, shuffling and augmentation; `deterministic`
   sets `tf.data.Options.deterministic` (element order under parallelism).
 """
@@ -45,8 +52,17 @@ def _list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
   return files
 
 
+def _check_label_stride(label_stride) -> int:
+  if isinstance(label_stride, bool) or int(label_stride) != label_stride or \
+      int(label_stride) not in (1, 2, 4):
+    raise ValueError(f"label_stride must be 1, 2 or 4 (the model's output_stride), got "
+                     f"{label_stride!r}")
+  return int(label_stride)
+
+
 def _make_example_fn(info: DatasetInfo, is_training: bool, crop_size, min_scale, max_scale,
-                     max_segments, small_instance_area, small_instance_weight):
+                     max_segments, small_instance_area, small_instance_weight,
+                     label_stride):
   void = info.ignore_label * info.label_divisor
 
   def fn(seed, serialized):
@@ -61,7 +77,7 @@ def _make_example_fn(info: DatasetInfo, is_training: bool, crop_size, min_scale,
       image, label = preprocessing.resize_to_fit_and_pad(image, label, crop_size, void)
     labels = panoptic_targets(label, info.num_classes, info.thing_train_ids,
                               info.label_divisor, info.ignore_label, max_segments,
-                              small_instance_area=small_instance_area,
+                              stride=label_stride, small_instance_area=small_instance_area,
                               small_instance_weight=small_instance_weight)
     labels["panoptic"] = label
     labels["original_size"] = tf.cast(original_size, tf.int32)
@@ -82,6 +98,7 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
                   max_segments: int = 128,
                   small_instance_area: int = 0,
                   small_instance_weight: float = 1.0,
+                  label_stride: int = 4,
                   shuffle_buffer_size: int = 256,
                   seed: Optional[int] = None,
                   deterministic: Optional[bool] = None,
@@ -96,11 +113,15 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
 
   `dataset_info` is a DatasetInfo or the path of dataset_info.json (or its folder).
   `crop_size` is the training crop or the eval size, each 4k+1 (ideally 32k+1).
+  `label_stride` (1, 2 or 4; default 4) is the stride of the strided targets and must be
+  the model's `output_stride` (2 for the Cityscapes configs):
+  `Hs = (H - 1) // label_stride + 1`.
   `drop_remainder` / `repeat` default to True for training, False for eval.
   `deterministic` None keeps tf.data's default (deterministic).
   """
   info = as_dataset_info(dataset_info)
   crop_size = _check_size(crop_size)
+  label_stride = _check_label_stride(label_stride)
   if not 0 < min_scale <= max_scale:
     raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
   drop_remainder = is_training if drop_remainder is None else drop_remainder
@@ -134,7 +155,8 @@ def build_dataset(file_pattern: Union[str, Sequence[str]],
       lambda i, x: (tf.stack([tf.cast(base_seed, tf.int64), i * num_pipelines + pipeline_id]),
                     x))
   example_fn = _make_example_fn(info, is_training, crop_size, min_scale, max_scale,
-                                max_segments, small_instance_area, small_instance_weight)
+                                max_segments, small_instance_area, small_instance_weight,
+                                label_stride)
   ds = ds.map(example_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.prefetch(prefetch_size)

@@ -76,6 +76,25 @@ def test_targets_truncate_to_max_segments_and_ignore_the_rest():
   assert got["ignore_strided"].numpy()[0, 1] == 1  # stuff 3 was dropped -> ignored
 
 
+def test_targets_at_stride_2_match_the_numpy_reference():
+  pan = hand_label()
+  pan[10, 2] = 1 * D + 9  # an instance on the stride-2 grid only
+  got = {k: v.numpy() for k, v in
+         panoptic_targets(pan, C, THINGS, D, IGNORE, 8, stride=2).items()}
+  want = reference_targets(pan, 8, stride=2)
+  _check(got, want)
+  assert got["masks"].shape == (7, 7, 8)
+  assert got["mask_valid"].sum() == 6 and reference_targets(pan, 8)["mask_valid"].sum() == 5
+  np.testing.assert_array_equal(got["mask_classes"], [0, 0, 1, 1, 3, 4, 5, 5])
+  assert got["masks"][5, 1, 3] == 1 and got["masks"][:, :, 3].sum() == 1
+  # Every stride-4 target is the [::2, ::2] subsample of the stride-2 one.
+  four = reference_targets(pan, 8)
+  np.testing.assert_array_equal(got["semantic_strided"][::2, ::2], four["semantic_strided"])
+  # Truncation at stride 2 ignores the dropped segments' pixels, as at stride 4.
+  _check(panoptic_targets(pan, C, THINGS, D, IGNORE, 2, stride=2),
+         reference_targets(pan, 2, stride=2))
+
+
 def test_small_instance_weight():
   pan = hand_label()
   got = panoptic_targets(pan, C, THINGS, D, IGNORE, 8, small_instance_area=21,
@@ -147,6 +166,21 @@ def test_train_pipeline_crops_flips_and_is_reproducible(tmp_path):
              reference_targets(pan[b], 8))
 
 
+def test_train_pipeline_label_stride_2(tmp_path):
+  examples = [(_code_image(p)[0], p) for p in (hand_label(12, 14), hand_label(7, 13))]
+  _write_record(tmp_path / "train-00000-of-00001.tfrecord", examples)
+  batches = [b for _, b in zip(range(4), _train_ds(str(tmp_path / "train-*"), 7,
+                                                     crop_size=(13, 13), label_stride=2))]
+  for _, labels in batches:
+    pan = labels["panoptic"].numpy()
+    assert labels["masks"].shape == (2, 7, 7, 8)
+    for key in ("semantic_strided", "ignore_strided", "pixel_weights"):
+      assert labels[key].shape == (2, 7, 7), key
+    for b in range(2):
+      want = reference_targets(pan[b], 8, stride=2)
+      _check({k: v[b] for k, v in labels.items() if k in want}, want)
+
+
 def test_scale_augmentation_keeps_label_values(tmp_path):
   pan = hand_label(40, 40)
   _write_record(tmp_path / "train-00000-of-00001.tfrecord", [(_code_image(pan)[0], pan)])
@@ -193,6 +227,9 @@ def test_works_with_distribute_datasets_from_function(tmp_path):
 def test_bad_arguments_are_named():
   with pytest.raises(ValueError, match="4k\\+1"):
     input_pipeline.build_dataset("x", INFO, True, 2, crop_size=(640, 640))
+  for stride in (3, 8, 0, 2.5):
+    with pytest.raises(ValueError, match="label_stride"):
+      input_pipeline.build_dataset("x", INFO, True, 2, crop_size=(9, 9), label_stride=stride)
   with pytest.raises(ValueError, match="no TFRecord files match"):
     input_pipeline.build_dataset("/nonexistent/*.tfrecord", INFO, True, 2, crop_size=(9, 9))
 

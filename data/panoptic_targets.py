@@ -2,9 +2,10 @@
 
 Segments: one per stuff class present and one per thing instance; crowd (thing class,
 instance 0) and void are not segments and are marked in the ignore map. Segments are
-taken from the stride-4 grid `panoptic[::4, ::4]` (the loss resolution), so every valid
-mask has at least one pixel; they are ordered by increasing internal value. When there
-are more than `max_segments`, the extra ones are dropped and their pixels ignored.
+taken from the strided grid `panoptic[::stride, ::stride]` (the loss resolution = the
+model's output_stride: 4 by default, 2 for the Cityscapes configs), so every valid mask
+has at least one pixel; they are ordered by increasing internal value. When there are
+more than `max_segments`, the extra ones are dropped and their pixels ignored.
 """
 from __future__ import annotations
 
@@ -24,11 +25,14 @@ def panoptic_targets(panoptic: tf.Tensor, num_classes: int, thing_train_ids: Seq
                      small_instance_weight: float = 1.0) -> dict[str, tf.Tensor]:
   """panoptic int32 [H, W] -> the label dict entries (unbatched).
 
+  `stride` is the label stride s (Hs = (H - 1) // s + 1).
   Returns semantic [H,W], masks [Hs,Ws,M], mask_classes [M], mask_valid [M],
   mask_is_thing [M], semantic_strided [Hs,Ws], ignore_strided [Hs,Ws],
   pixel_weights [Hs,Ws]. Thing-instance pixels whose (full resolution) area is below
   `small_instance_area` get weight `small_instance_weight` (0 disables the option).
   """
+  if int(stride) < 1:
+    raise ValueError(f"stride must be >= 1, got {stride}")
   panoptic = tf.convert_to_tensor(panoptic, tf.int32)
   d = label_divisor
   semantic = panoptic // d
