@@ -12,7 +12,7 @@ step with lr_eff, where lr_eff = schedule(step) * multiplier(var).
 """
 
 import re
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 import keras
@@ -83,6 +83,10 @@ class KMaXAdamW(keras.optimizers.Adam):
     backbone_multiplier: learning-rate factor of the variables whose path matches
       `backbone_pattern` (0.1 in the recipe; their decay is scaled the same way).
     backbone_pattern, decay_pattern, no_decay_pattern: regexes on `variable.path`.
+    lr_multipliers: optional {path regex: factor}; the first matching regex multiplies
+      that variable's learning rate (on top of the backbone factor). Not in the paper's
+      recipe: short CPU schedules use it to speed up single scalars such as the learned
+      mask-logit temperature.
     beta_1, beta_2, epsilon: Adam constants (deeplab2: 0.9, 0.999, 1e-7).
   """
 
@@ -91,6 +95,7 @@ class KMaXAdamW(keras.optimizers.Adam):
                backbone_pattern: str = DEFAULT_BACKBONE_PATTERN,
                decay_pattern: str = DEFAULT_DECAY_PATTERN,
                no_decay_pattern: str = DEFAULT_NO_DECAY_PATTERN,
+               lr_multipliers: Optional[Mapping[str, float]] = None,
                beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
                name: str = "kmax_adamw", **kwargs):
     super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
@@ -100,6 +105,7 @@ class KMaXAdamW(keras.optimizers.Adam):
     self.backbone_pattern = backbone_pattern
     self.decay_pattern = decay_pattern
     self.no_decay_pattern = no_decay_pattern
+    self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
     self._lr_multipliers = ()
     self._decay_flags = ()
 
@@ -111,7 +117,12 @@ class KMaXAdamW(keras.optimizers.Adam):
     for variable in var_list:
       path = getattr(variable, "path", None) or variable.name
       in_backbone = bool(self.backbone_pattern and re.search(self.backbone_pattern, path))
-      multipliers.append(self.backbone_multiplier if in_backbone else 1.0)
+      factor = self.backbone_multiplier if in_backbone else 1.0
+      for pattern, extra in self.lr_multipliers.items():
+        if re.search(pattern, path):
+          factor *= extra
+          break
+      multipliers.append(factor)
       flags.append(uses_weight_decay(path, self.decay_pattern, self.no_decay_pattern))
     self._lr_multipliers = tuple(multipliers)
     self._decay_flags = tuple(flags)
@@ -134,7 +145,8 @@ class KMaXAdamW(keras.optimizers.Adam):
                    "backbone_multiplier": self.backbone_multiplier,
                    "backbone_pattern": self.backbone_pattern,
                    "decay_pattern": self.decay_pattern,
-                   "no_decay_pattern": self.no_decay_pattern})
+                   "no_decay_pattern": self.no_decay_pattern,
+                   "lr_multipliers": dict(self.lr_multipliers)})
     return config
 
 
@@ -146,18 +158,20 @@ def build_optimizer(total_steps: int,
                     weight_decay: float = 0.05,
                     backbone_multiplier: float = 0.1,
                     backbone_pattern: Optional[str] = None,
+                    lr_multipliers: Optional[Mapping[str, float]] = None,
                     mixed_precision: bool = False) -> keras.optimizers.Optimizer:
   """The kMaX optimizer (COCO recipe defaults; KMAX.md §3).
 
   `total_steps` comes from --train_steps. `backbone_pattern` defaults to
   DEFAULT_BACKBONE_PATTERN (the trainer passes one built from the model's backbone layer
-  name). With `mixed_precision` the optimizer is wrapped in a dynamic loss scaler.
+  name). `lr_multipliers`: see KMaXAdamW. With `mixed_precision` the optimizer is wrapped in a dynamic loss scaler.
   """
   warmup_steps = min(int(warmup_steps), int(total_steps))
   schedule = WarmupPolyDecay(base_learning_rate, total_steps, warmup_steps, poly_power)
   optimizer = KMaXAdamW(schedule, weight_decay_rate=weight_decay,
                         backbone_multiplier=backbone_multiplier,
-                        backbone_pattern=backbone_pattern or DEFAULT_BACKBONE_PATTERN)
+                        backbone_pattern=backbone_pattern or DEFAULT_BACKBONE_PATTERN,
+                        lr_multipliers=lr_multipliers)
   if mixed_precision:
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

@@ -90,3 +90,19 @@ def test_build_optimizer_schedule_and_mixed_precision():
   # warm-up longer than the run is clipped to the run
   assert optimizer.inner_optimizer._learning_rate.warmup_steps == 50
   assert opt_lib.current_learning_rate(optimizer, 25) == pytest.approx(5e-4)
+
+
+def test_extra_lr_multipliers_by_path():
+  model = _TwoPart()
+  model(np.zeros((1, 4), np.float32))
+  optimizer = opt_lib.KMaXAdamW(0.01, backbone_multiplier=0.1,
+                                lr_multipliers={r"head_bn/gamma$": 10.0,
+                                                r"backbone/kernel$": 2.0})
+  optimizer.build(model.trainable_variables)
+  groups = {p: m for p, m, _ in
+            opt_lib.trainable_variables_report(optimizer, model.trainable_variables)}
+  assert groups["net/head_bn/gamma"] == 10.0 and groups["net/head_bn/beta"] == 1.0
+  assert groups["net/backbone/kernel"] == pytest.approx(0.2)
+  assert groups["net/backbone/bias"] == pytest.approx(0.1)
+  assert optimizer.get_config()["lr_multipliers"] == {r"head_bn/gamma$": 10.0,
+                                                      r"backbone/kernel$": 2.0}
