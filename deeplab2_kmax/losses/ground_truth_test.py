@@ -37,3 +37,27 @@ def test_missing_label_key_is_named():
   del labels["pixel_weights"]
   with pytest.raises(KeyError, match="pixel_weights"):
     prepare_ground_truth(labels, num_classes=4)
+
+
+def test_subsampling_ratio_and_subsample_to():
+  from deeplab2_kmax.losses.ground_truth import subsample_to
+  from deeplab2_kmax.losses.ground_truth import subsampling_ratio
+  assert subsampling_ratio((17, 33), (9, 17), "x") == 2      # stride 2 -> 4
+  assert subsampling_ratio((257, 513), (257, 513), "x") == 1
+  assert subsampling_ratio((1, 9), (1, 5), "x") == 2
+  for target in ((9, 9), (9, 17), (33, 65), (5, 17)):
+    with pytest.raises(ValueError, match="label_stride"):
+      subsampling_ratio((17, 33), target, "x")
+  labels = _labels()
+  labels = {k: np.repeat(np.repeat(v, 4, 1), 4, 2)[:, :7, :7]
+            if k in ("masks", "semantic_strided", "ignore_strided", "pixel_weights")
+            else v for k, v in labels.items()}
+  gt = prepare_ground_truth(labels, num_classes=4)
+  assert gt.grid == (7, 7)
+  picked = subsample_to(gt, (3, 3), "x")
+  np.testing.assert_array_equal(
+      picked.semantic.numpy(),
+      np.clip(labels["semantic_strided"][:, ::3, ::3], 0, 3).reshape(1, 9))
+  np.testing.assert_array_equal(picked.in_segment.numpy(),
+                                gt.in_segment.numpy().reshape(1, 7, 7)[:, ::3, ::3]
+                                .reshape(1, 9))

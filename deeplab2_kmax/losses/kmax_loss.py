@@ -8,6 +8,12 @@ total = pq_style_weight * pq_style + mask_id_weight * mask_id
   output and every entry of `outputs["aux_outputs"]` (one per decoder layer, equal
   weight, as deeplab2; the list may be empty). The dict reports these sums unweighted.
 * `semantic` uses `outputs["semantic_logits"]` (final output only).
+* Resolutions: the labels' strided targets are at `build_dataset(label_stride=s)`, which
+  must be the model's `output_stride` (the stride of every `mask_logits` and
+  `pixel_embeddings`, checked). The semantic logits stay at stride 4 even when s = 2
+  (Cityscapes); their targets are then the label-grid pixels `[::2, ::2]` (exactly the
+  stride-4 targets, since crops are 4k+1; `ground_truth.subsample_to`), so the
+  pipeline emits no separate stride-4 keys and the logits are not resized.
 * Matching: by default the Hungarian matching of the final output, with its stop-
   gradient weights (matched dice, matched class probability, void ratio), is reused for
   every auxiliary output (deeplab2's choice: one matching per step, and all layers are
@@ -29,6 +35,7 @@ import tensorflow as tf
 from deeplab2_kmax.losses.ground_truth import flatten_pixels
 from deeplab2_kmax.losses.ground_truth import GroundTruth
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
+from deeplab2_kmax.losses.ground_truth import subsample_to
 from deeplab2_kmax.losses.instance_discrimination_loss import pixel_contrastive_loss
 from deeplab2_kmax.losses.instance_discrimination_loss import (
     prototype_discrimination_loss)
@@ -132,26 +139,27 @@ class KMaXLoss:
                      "(call the model with training=True, or set "
                      "KMaXLoss.semantic_weight = 0)")
     logits = outputs["semantic_logits"]
-    self._check_resolution(logits, gt, "semantic_logits")
+    targets = subsample_to(gt, tuple(logits.shape[1:3]),
+                           "outputs['semantic_logits']")
     indices = None
     if self.semantic_sample_k > 0:
       sem_seed = (None if seed is None else tf.random.experimental
                   .stateless_fold_in(seed, _SEMANTIC_SEED_OFFSET))
       indices = sample_pixels_by_inverse_area(
-          gt.inverse_area, gt.in_segment, self.semantic_sample_k,
+          targets.inverse_area, targets.in_segment, self.semantic_sample_k,
           self.semantic_sample_temperature, sem_seed)
-    return semantic_cross_entropy(flatten_pixels(logits), gt.semantic,
-                                  gt.semantic_weights, indices,
+    return semantic_cross_entropy(flatten_pixels(logits), targets.semantic,
+                                  targets.semantic_weights, indices,
                                   self.semantic_top_k_percent)
 
   @staticmethod
   def _check_resolution(tensor: tf.Tensor, gt: GroundTruth, name: str):
-    pixels = tensor.shape[1] * tensor.shape[2]
-    if pixels != gt.masks.shape[1]:
+    if tuple(tensor.shape[1:3]) != tuple(gt.grid):
       raise ValueError(
-          f"outputs[{name!r}] has spatial shape {tensor.shape[1:3]} "
-          f"({pixels} pixels) but labels['masks'] has {gt.masks.shape[1]} pixels; "
-          "both must be at stride 4 of the same crop")
+          f"outputs[{name!r}] has spatial shape {tuple(tensor.shape[1:3])} but "
+          f"labels['masks'] has {tuple(gt.grid)}; both must be at the model's "
+          "output_stride of the same crop (stride 4, or 2 for the Cityscapes "
+          "configs: build_dataset(label_stride=model.output_stride))")
 
   def __call__(self, outputs: Mapping[str, Any], labels: Mapping[str, tf.Tensor],
                seed: Optional[tf.Tensor] = None) -> dict:

@@ -138,8 +138,70 @@ def test_gin_configurable_and_errors():
     KMaXLoss()(no_semantic, labels)
   assert float(KMaXLoss(semantic_weight=0.0)(no_semantic, labels)["semantic"]) == 0
   bad = dict(outputs, mask_logits=outputs["mask_logits"][:, :4])
-  with pytest.raises(ValueError, match="stride 4"):
+  with pytest.raises(ValueError, match="output_stride"):
     KMaXLoss()(bad, labels)
+  finer = dict(outputs, semantic_logits=np.zeros((2, 9, 11, 3), np.float32))
+  with pytest.raises(ValueError, match="label_stride"):
+    KMaXLoss()(finer, labels)
+
+
+def _stride2_case(seed=0, num_aux=2):
+  """Cityscapes-like: labels and masks on a 9x11 stride-2 grid (crop 17x21), semantic
+  logits on the 5x6 stride-4 grid."""
+  rng = np.random.default_rng(seed)
+  labels = data.make_labels(rng, height=9, width=11, max_segments=5)
+  outputs = data.make_outputs(rng, height=9, width=11, num_slots=7, num_aux=num_aux)
+  outputs["semantic_logits"] = rng.normal(size=(2, 5, 6, 3)).astype(np.float32)
+  return outputs, labels
+
+
+@pytest.mark.parametrize("sample_k,top_k", [(0, 1.0), (0, 0.2), (12, 1.0)])
+def test_stride2_masks_with_stride4_semantic_logits(sample_k, top_k):
+  outputs, labels = _stride2_case()
+  loss = KMaXLoss(instance_discrimination_sample_k=16, semantic_sample_k=sample_k,
+                  semantic_top_k_percent=top_k)
+  eager = _numpy(loss(outputs, labels, seed=SEED))
+  compiled = _numpy(tf.function(loss, jit_compile=True)(outputs, labels, seed=SEED))
+  for key in LOSS_KEYS:
+    np.testing.assert_allclose(compiled[key], eager[key], rtol=2e-5, atol=1e-6,
+                               err_msg=key)
+    assert np.isfinite(eager[key]) and eager[key] > 0, key
+  # The semantic term equals the loss on the stride-4 labels [::2, ::2], by numpy.
+  sem = labels["semantic_strided"][:, ::2, ::2].reshape(2, -1)
+  ignore = labels["ignore_strided"][:, ::2, ::2].reshape(2, -1)
+  weights = labels["pixel_weights"][:, ::2, ::2].reshape(2, -1) * (1 - ignore)
+  logp = data.log_softmax(outputs["semantic_logits"].reshape(2, 30, 3))
+  nll = -np.take_along_axis(logp, np.clip(sem, 0, 2)[..., None], -1)[..., 0] * weights
+  if sample_k == 0:
+    k = 30 if top_k == 1.0 else 6
+    top = -np.sort(-nll, axis=1)[:, :k]
+    counted = np.take_along_axis((weights > 0) * 1.0, np.argsort(-nll, axis=1)[:, :k], 1)
+    want = np.mean(top.sum(1) / counted.sum(1))
+    np.testing.assert_allclose(eager["semantic"], want, rtol=1e-5)
+  # The mask terms see the full stride-2 grid: same as with stride-2 semantic logits.
+  same_grid = dict(outputs, semantic_logits=np.zeros((2, 9, 11, 3), np.float32))
+  ref = _numpy(loss(same_grid, labels, seed=SEED))
+  for key in ("pq_style", "mask_id", "instance_discrimination"):
+    np.testing.assert_allclose(eager[key], ref[key], rtol=1e-6, err_msg=key)
+
+
+def test_stride2_gradients_finite_under_xla():
+  outputs, labels = _stride2_case(seed=3, num_aux=1)
+  variables = [tf.Variable(outputs[k]) for k in (
+      "class_logits", "mask_logits", "pixel_embeddings", "semantic_logits")]
+  loss = KMaXLoss(instance_discrimination_sample_k=16, semantic_top_k_percent=0.2)
+
+  @tf.function(jit_compile=True)
+  def grads():
+    with tf.GradientTape() as tape:
+      preds = dict(zip(("class_logits", "mask_logits", "pixel_embeddings",
+                        "semantic_logits"), variables),
+                   aux_outputs=outputs["aux_outputs"])
+      total = loss(preds, labels, seed=SEED)["total"]
+    return tape.gradient(total, variables)
+
+  for grad in grads():
+    assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).sum() > 0
 
 
 def test_batch_without_segments_is_finite_and_only_pushes_to_void():
