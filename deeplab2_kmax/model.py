@@ -90,7 +90,12 @@ class KMaXDeepLab(keras.Model):
   Args:
     num_classes: C real classes.
     backbone: a backbone name for `backbones.build_backbone`, or any Keras layer whose
-      call(x, training) returns {"res2".."res5"} (optionally "stage*", "stem").
+      call(x, training) returns {"res2".."res5"} (optionally "stage1".."stage5",
+      "stem"). As in deeplab2, the pixel decoder and the semantic branch's stride-32
+      input use the pre-activation "stage*" features when present, else "res*"
+      (see pixel_decoder.select_endpoint / semantic_decoder.semantic_feature); an
+      optional `stage1_stride` attribute (2, or 4 for ConvNeXt) sets the five-stage
+      decoder's output stride.
     backbone_kwargs: keyword arguments for `build_backbone` (name backbones only).
     num_queries: N cluster centers (128 COCO, 256 Cityscapes).
     pixel_decoder_dims / pixel_decoder_blocks / pixel_decoder_block_types: pixel
@@ -167,7 +172,10 @@ class KMaXDeepLab(keras.Model):
     self.activation = activation
     self.norm_config = normalization.resolve_norm_config(norm_config)
     nc = self.norm_config
-    self.output_stride = 2 ** (6 - len(self.pixel_decoder_dims))
+    # Stride of mask_logits / pixel_embeddings: 4, or for the five-stage decoder the
+    # stride of the backbone's stage1 feature (2 ResNets, 4 ConvNeXt; deeplab2).
+    self.output_stride = pixel_decoder_lib.finest_stride(
+        len(self.pixel_decoder_dims), self.backbone)
 
     self.pixel_decoder = pixel_decoder_lib.KMaXPixelDecoder(
         self.pixel_decoder_dims, self.pixel_decoder_blocks,
@@ -214,11 +222,7 @@ class KMaXDeepLab(keras.Model):
     outputs["aux_outputs"] = aux_outputs
     outputs["cluster_assignments"] = decoded["cluster_assignments"]
     if training:
-      semantic_endpoints = dict(endpoints)
-      if not self.use_semantic_decoder and "stage5" in endpoints:
-        semantic_endpoints["res5"] = endpoints["stage5"]
-      outputs["semantic_logits"] = self.semantic_branch(semantic_endpoints,
-                                                        training=training)
+      outputs["semantic_logits"] = self.semantic_branch(endpoints, training=training)
     return outputs
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):

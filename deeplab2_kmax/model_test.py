@@ -162,6 +162,21 @@ def test_cityscapes_variant_stride2_outputs_without_stem():
   assert out["semantic_logits"].shape == (1, 9, 9, 2)  # head on res5, stride-4 grid
 
 
+def test_cityscapes_variant_output_stride_follows_the_backbone_stage1():
+  # deeplab2 fuses "stage1" in the fifth stage: stride 2 for ResNet, 4 for ConvNeXt.
+  config = dict(TINY, pixel_decoder_dims=(16, 8, 8, 8, 4),
+                pixel_decoder_blocks=(1, 1, 1, 1, 1), use_semantic_decoder=False)
+  for name, kwargs, stride in (
+      ("resnet50", {"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
+                    "stem_width_multiplier": 0.25}, 2),
+      ("convnext_tiny", {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}, 4)):
+    model = model_lib.KMaXDeepLab(2, backbone=name, backbone_kwargs=kwargs, **config)
+    assert model.output_stride == stride
+    out = model(_images(batch=1), training=False)
+    size = (33 - 1) // stride + 1
+    assert out["mask_logits"].shape == (1, size, size, 16)
+
+
 def test_checkpoint_round_trip_covers_list_held_layers(tiny_model, tmp_path):
   images = _images(batch=1, seed=4)
   tiny_model(images, training=True)

@@ -12,9 +12,17 @@ both the previous stage output and the normalized endpoint to the next width
 resizes the former with align-corners bilinear interpolation to the endpoint's size
 and sums them. Stage outputs are un-activated (consumers activate them).
 
-The optional stride-2 stage (Cityscapes) fuses the backbone's "stem" endpoint when it
-exists; without it, the stride-4 output is upsampled to 2 * h4 - 1 (the exact
-stride-2 grid of `32k + 1` crops) and used alone.
+Endpoints (deeplab2 `model/pixel_decoder/kmax.py`): the decoder normalizes the
+backbone's *pre-activation* features "stage5".."stage2" (and "stage1" for the fifth
+stage); backbone layers that only return the activated "res2".."res5" are accepted and
+used instead (a documented fallback, see `select_endpoint`: same shapes, so same
+parameters; only the missing activation differs).
+
+The optional fifth stage (Cityscapes) fuses "stage1" (or "stem") at *that feature's*
+resolution, as deeplab2 does: stride 2 for the ResNets (stem output), but stride 4 for
+ConvNeXt, whose "stage1" is its stride-4 patchify stem, so there the fifth stage runs at
+stride 4 (see `finest_stride`). Without any stage1/stem endpoint, the stride-4 output is
+upsampled to 2 * h4 - 1 (the exact stride-2 grid of `32k + 1` crops) and used alone.
 """
 
 from typing import Any, Mapping, Optional, Sequence
@@ -35,16 +43,28 @@ def select_endpoint(endpoints, index: int):
   """Backbone feature for decoder stage `index` (0 = stride 32), or None.
 
   Prefers the un-activated "stage{k}" features (what deeplab2's kMaX pixel decoder
-  normalizes) and falls back to the activated "res{k}". The stride-2 stage uses
-  "stage1"/"stem" only when the backbone has a stride-2 "stem" endpoint (ConvNeXt's
-  "stage1" is at stride 4).
+  normalizes) and falls back to the activated "res{k}" (backbones that only return
+  res2..res5). The fifth stage (index 4) uses "stage1", else "stem", else None.
   """
   if index < 4:
     level = 5 - index
     return endpoints.get(f"stage{level}", endpoints.get(f"res{level}"))
-  if "stem" not in endpoints:
-    return None
-  return endpoints.get("stage1", endpoints["stem"])
+  if "stage1" in endpoints:
+    return endpoints["stage1"]
+  return endpoints.get("stem")
+
+
+def finest_stride(num_stages: int, backbone=None) -> int:
+  """Output stride of the decoder's last stage for a given backbone.
+
+  4 for the four-stage decoder. With five stages: the stride of the backbone's
+  "stage1" feature (the `stage1_stride` attribute of our backbones: 2 for the
+  ResNets, 4 for ConvNeXt, as in deeplab2); 2 for backbones without that attribute
+  (their "stem"/"stage1" must then be at stride 2, or absent: upsampled fallback).
+  """
+  if num_stages == 4:
+    return 4
+  return int(getattr(backbone, "stage1_stride", 2))
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")

@@ -73,3 +73,38 @@ def test_resized_fuse_matches_manual_computation_and_round_trips():
   np.testing.assert_allclose(out, up + skip, atol=1e-5)
   clone = pixel_decoder.ResizedFuse.from_config(fuse.get_config())
   assert clone.get_config() == fuse.get_config()
+
+
+def test_fifth_stage_fuses_stage1_at_its_own_stride():
+  # deeplab2 fuses the backbone's "stage1" in the fifth (Cityscapes) stage at that
+  # feature's resolution: stride 2 for the ResNets (stem), stride 4 for ConvNeXt.
+  endpoints = _endpoints(prefix="stage")
+  endpoints.update(_endpoints(prefix="res", seed=1))
+  rng = np.random.default_rng(5)
+  convnext_like = dict(endpoints, stage1=rng.normal(size=(2, 9, 9, 6)).astype("float32"))
+  decoder = pixel_decoder.KMaXPixelDecoder(**CITYSCAPES_TINY)
+  outputs = decoder(convnext_like)
+  assert tuple(outputs[-1].shape) == (2, 9, 9, 8)  # stays at stride 4
+  assert decoder.fusions[-1].skip_conv is not None
+  # "stage1" (pre-activation) wins over the activated "stem" when both exist.
+  resnet_like = dict(endpoints,
+                     stage1=rng.normal(size=(2, 17, 17, 6)).astype("float32"))
+  resnet_like["stem"] = np.maximum(resnet_like["stage1"], 0)
+  decoder = pixel_decoder.KMaXPixelDecoder(**CITYSCAPES_TINY)
+  out = np.asarray(decoder(resnet_like)[-1])
+  assert out.shape == (2, 17, 17, 8)
+  resnet_like["stem"] = resnet_like["stem"] * 0.0 + 3.0
+  np.testing.assert_array_equal(np.asarray(decoder(resnet_like)[-1]), out)
+  assert pixel_decoder.finest_stride(4) == 4
+  assert pixel_decoder.finest_stride(5) == 2  # unknown backbone: stem at stride 2
+
+
+def test_stage_and_res_endpoints_give_the_same_parameter_count():
+  # The pre-activation features have the shapes of the activated ones, so switching
+  # endpoints (or falling back to res2..res5) leaves every weight shape unchanged.
+  counts = []
+  for prefix in ("res", "stage"):
+    decoder = pixel_decoder.KMaXPixelDecoder(**TINY)
+    decoder(_endpoints(prefix=prefix))
+    counts.append([tuple(w.shape) for w in decoder.weights])
+  assert counts[0] == counts[1]

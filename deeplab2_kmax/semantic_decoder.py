@@ -1,12 +1,16 @@
 """Training-only auxiliary semantic decoder + head (Panoptic-DeepLab style).
 
-COCO variant (`use_decoder=True`): ASPP on res5 (1×1, three 3×3 atrous convs with
+Input endpoints as deeplab2 (`feature_semantic` = the backbone's pre-activation
+"stage5"; low-level features "res3"/"res2", activated): the stride-32 feature is "stage5"
+when the backbone returns it, else "res5" (backbones with res2..res5 only).
+
+COCO variant (`use_decoder=True`): ASPP on stage5 (1×1, three 3×3 atrous convs with
 rates 6/12/18, image pooling; 256 channels each; 1×1 projection; dropout 0.1), then
 twice: upsample (align corners) to the next low-level feature, concatenate with its
 1×1 projection (res3 → 64, res2 → 32) and fuse with a 5×5 depthwise-separable conv
 (256). Head: 5×5 depthwise-separable conv (256) → 1×1 conv to num_classes.
 
-Cityscapes variant (`use_decoder=False`): the head sits directly on res5; its logits
+Cityscapes variant (`use_decoder=False`): the head sits directly on stage5; its logits
 are upsampled (align corners) to the res2 (stride-4) grid so the output contract is
 the same.
 
@@ -22,6 +26,13 @@ from keras import ops
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import resize
+
+
+def semantic_feature(endpoints):
+  """deeplab2's `feature_semantic`: pre-activation "stage5", else "res5"."""
+  if "stage5" in endpoints:
+    return endpoints["stage5"]
+  return endpoints["res5"]
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -139,8 +150,9 @@ class SemanticDecoder(keras.layers.Layer):
 
   def call(self, endpoints, training=False):
     target = ops.shape(endpoints["res2"])
+    top = semantic_feature(endpoints)
     if self.use_decoder:
-      x = self.aspp(endpoints["res5"], training=training)
+      x = self.aspp(top, training=training)
       for name, proj, fuse in zip(self.LOW_LEVEL, self.low_level_projections,
                                   self.fusions):
         low = proj(endpoints[name], training=training)
@@ -148,7 +160,7 @@ class SemanticDecoder(keras.layers.Layer):
         x = resize.resize_align_corners(x, (low_shape[1], low_shape[2]))
         x = fuse(ops.concatenate([x, low], axis=-1), training=training)
     else:
-      x = endpoints["res5"]
+      x = top
     logits = self.classifier(self.head_conv(x, training=training))
     if not self.use_decoder:
       logits = resize.resize_align_corners(logits, (target[1], target[2]))

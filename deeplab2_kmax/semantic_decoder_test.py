@@ -51,3 +51,17 @@ def test_full_size_parameter_count():
   layer(_endpoints((256, 512, 1024, 2048), (3, 2, 1, 1)), training=False)
   count = test_utils.count_params(layer)
   assert abs(count - 15.9e6) / 15.9e6 < 0.02  # KMAX.md: 15.9M (R50, training only)
+
+
+def test_uses_pre_activation_stage5_like_deeplab2():
+  # deeplab2's feature_semantic is the backbone's "stage5"; "res5" is the fallback.
+  endpoints = _endpoints()
+  for use_decoder in (True, False):
+    layer = semantic_decoder.SemanticDecoder(
+        3, use_decoder=use_decoder, aspp_channels=8, decoder_channels=8,
+        low_level_channels=(4, 4), head_channels=8)
+    res_only = np.asarray(layer(endpoints, training=False))
+    with_stage5 = dict(endpoints, stage5=endpoints["res5"])
+    with_stage5["res5"] = endpoints["res5"] * 0.0 + 7.0  # must be ignored now
+    np.testing.assert_array_equal(np.asarray(layer(with_stage5, training=False)),
+                                  res_only)

@@ -112,6 +112,10 @@ class ConvNeXt(keras.layers.Layer):
     zero_padding_for_downstream: pad before the strided convs (see module docstring).
   """
 
+  # "stage1" is the stride-4 patchify stem: deeplab2's five-stage (Cityscapes) pixel
+  # decoder fuses it at stride 4, so that decoder's output stride is 4 here.
+  stage1_stride = 4
+
   def __init__(self, depths: Sequence[int] = (3, 3, 9, 3),
                dims: Sequence[int] = (96, 192, 384, 768),
                drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,

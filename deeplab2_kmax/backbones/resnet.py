@@ -152,6 +152,9 @@ class ResNet(keras.layers.Layer):
     norm_config: see `layers.normalization.batch_norm`.
   """
 
+  # Stride of the "stage1"/"stem" endpoint (used by the five-stage pixel decoder).
+  stage1_stride = 2
+
   def __init__(self, depths: Sequence[int] = (3, 4, 6, 3),
                width_multiplier: float = 1.0, stem_type: str = "conv7",
                stem_width_multiplier: float = 1.0, activation: str = "relu",
