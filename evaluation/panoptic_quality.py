@@ -78,16 +78,25 @@ def read_id_png(path: str, out: Optional[np.ndarray] = None) -> np.ndarray:
   arr = np.asarray(img)
   if arr.ndim != 2:
     raise PanopticFormatError(f"{path}: unsupported PNG mode {img.mode}")
+  if arr.size and (arr.min() < 0 or arr.max() >= _ID_SPACE):
+    raise PanopticFormatError(f"{path}: pixel values outside the id range 0..{_ID_SPACE - 1}")
   return arr.astype(np.uint32)
 
 
-class _IdTable:
-  """Per-process workspace: a 2^24 lookup table from segment id to compact label (reset
-  after use) and reusable pixel buffers (no fresh pages per image)."""
+class _Workspace:
+  """Per-process workspace, reused for every image pair (no fresh pages per image).
+
+  Two 2^24-entry int64 lookup tables map a PNG segment id straight to its share of the
+  pair key ``row * num_cols + col`` (gt: row, pred: col) so that one `np.bincount` over
+  ``rows[gt] + cols[pred]`` gives the whole intersection matrix. Index 0 of both axes
+  is "id not listed in the JSON" because that is what the zero-filled tables hold (so
+  only the few listed ids are written and reset per image; np.zeros pages are lazy);
+  index 1 is void (PNG id 0), 2.. the listed segments in JSON order.
+  """
 
   def __init__(self):
-    self.table = np.full(_ID_SPACE, -1, np.int16)
-    self.wide = None  # int32 table, only for images with > 32766 segments
+    self.rows = np.zeros(_ID_SPACE, np.int64)
+    self.cols = np.zeros(_ID_SPACE, np.int64)
     self.buffers = {}
 
   def buffer(self, name: str, shape, dtype) -> np.ndarray:
@@ -97,23 +106,37 @@ class _IdTable:
     return buf
 
   def read(self, path: str, name: str) -> np.ndarray:
-    return read_id_png(path, self.buffers.get(name + "_ids"))
+    """Decodes a PNG into reusable buffers: segment ids as intp (the index type)."""
+    ids = read_id_png(path, self.buffers.get(name + "_u32"))
+    self.buffers[name + "_u32"] = ids
+    out = self.buffer(name + "_idx", ids.shape, np.intp)
+    np.copyto(out, ids, casting="safe")
+    return out
 
-  def labels(self, ids: np.ndarray, seg_ids: Sequence[int], name: str) -> np.ndarray:
-    self.buffers[name + "_ids"] = ids  # reuse the decode buffer next time
-    seg_ids = np.asarray(seg_ids, np.int64)
-    if len(seg_ids) >= np.iinfo(np.int16).max - 1:
-      if self.wide is None:
-        self.wide = np.full(_ID_SPACE, -1, np.int32)
-      table = self.wide
-    else:
-      table = self.table
-    table[0] = 0
-    table[seg_ids] = np.arange(1, len(seg_ids) + 1)
+  def pair_counts(self, gt_idx: np.ndarray, pred_idx: np.ndarray, gt_keys: Sequence[int],
+                  pred_keys: Sequence[int]) -> np.ndarray:
+    """Pixel counts [num_gt + 2, num_pred + 2] over (row, col) as described above."""
+    num_cols = len(pred_keys) + 2
+    gt_keys = np.asarray(gt_keys, np.intp)
+    pred_keys = np.asarray(pred_keys, np.intp)
+    self.rows[0] = num_cols
+    self.rows[gt_keys] = np.arange(2, len(gt_keys) + 2) * num_cols
+    self.cols[0] = 1
+    self.cols[pred_keys] = np.arange(2, len(pred_keys) + 2)
     try:
-      return np.take(table, ids, out=self.buffer(name + "_lab", ids.shape, table.dtype))
+      # mode="clip": ids are < 2^24 by construction, and clip skips numpy's slow
+      # bounds-checking path (4x faster than the default mode="raise").
+      keys = np.take(self.rows, gt_idx, mode="clip",
+                     out=self.buffer("keys", gt_idx.shape, np.intp))
+      keys += np.take(self.cols, pred_idx, mode="clip",
+                      out=self.buffer("keys2", pred_idx.shape, np.intp))
     finally:
-      table[seg_ids] = -1
+      self.rows[gt_keys] = 0
+      self.rows[0] = 0
+      self.cols[pred_keys] = 0
+      self.cols[0] = 0
+    counts = np.bincount(keys.reshape(-1), minlength=(len(gt_keys) + 2) * num_cols)
+    return counts.reshape(len(gt_keys) + 2, num_cols)
 
 
 # ------------------------------------------------------------------ one image pair
@@ -130,37 +153,35 @@ def _segments_by_id(ann: Dict, json_name: str) -> Dict[int, Dict]:
 
 
 def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str,
-                  cat_index: Dict[int, int], table: _IdTable,
+                  cat_index: Dict[int, int], workspace: "_Workspace",
                   pred_json_name: str = "pred_json") -> pq_core.PQCounts:
   """PQ counts of one (gt, prediction) PNG pair, with panopticapi's sanity checks."""
   num_cats = len(cat_index)
   image_id = gt_ann["image_id"]
   gt_path = os.path.join(gt_folder, gt_ann["file_name"])
   pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-  gt_ids = table.read(gt_path, "gt")
-  pred_ids = table.read(pred_path, "pred")
-  if gt_ids.shape != pred_ids.shape:
+  gt_idx = workspace.read(gt_path, "gt")
+  pred_idx = workspace.read(pred_path, "pred")
+  if gt_idx.shape != pred_idx.shape:
     raise PanopticFormatError(
-        f"{pred_path}: size {pred_ids.shape} differs from ground truth {gt_path} "
-        f"{gt_ids.shape} (image {image_id})")
+        f"{pred_path}: size {pred_idx.shape} differs from ground truth {gt_path} "
+        f"{gt_idx.shape} (image {image_id})")
   gt_segs = _segments_by_id(gt_ann, "gt_json")
   pred_segs = _segments_by_id(pred_ann, pred_json_name)
   gt_keys = list(gt_segs)
   pred_keys = list(pred_segs)
 
-  gt_lab = table.labels(gt_ids, gt_keys, "gt")
-  if gt_lab.min() < 0:  # ids not listed in the gt JSON: neither void nor segments
-    gt_lab = gt_lab.astype(np.int32)
-    gt_lab[gt_lab < 0] = len(gt_keys) + 1
-  pred_lab = table.labels(pred_ids, pred_keys, "pred")
-  if pred_lab.min() < 0:
-    bad = np.unique(pred_ids[pred_lab < 0])
+  counts = workspace.pair_counts(gt_idx, pred_idx, gt_keys, pred_keys)
+  if counts[:, 0].any():  # prediction ids missing from the JSON
+    listed = np.isin(pred_idx, np.asarray([0] + pred_keys, np.intp))
+    bad = np.unique(pred_idx[~listed])
     raise PanopticFormatError(
         f"{pred_path}: in the image with ID {image_id} segment with ID {int(bad[0])} is "
         f"presented in PNG and not presented in JSON {pred_json_name}"
         + (f" (also {bad[1:6].tolist()})" if len(bad) > 1 else ""))
-
-  inter = pq_core.intersection_matrix(gt_lab, pred_lab, len(gt_keys), len(pred_keys))
+  # pq_core's layout: rows void, listed gt, unlisted gt ids (skipped); cols void, listed.
+  num_gt = len(gt_keys)
+  inter = counts[np.r_[1, 2:num_gt + 2, 0], 1:]
   pred_area = inter.sum(axis=0)[1:]
   missing = [pred_keys[i] for i in np.nonzero(pred_area == 0)[0]]
   if missing:
@@ -190,17 +211,17 @@ _WORKER = {}
 
 def _init_worker(gt_folder, pred_folder, cat_index, pred_json_name):
   _WORKER.update(gt_folder=gt_folder, pred_folder=pred_folder, cat_index=cat_index,
-                 pred_json_name=pred_json_name, table=None)
+                 pred_json_name=pred_json_name, workspace=None)
 
 
 def _work(pairs: List[Tuple[Dict, Dict]]) -> Tuple[pq_core.PQCounts, int]:
-  if _WORKER["table"] is None:
-    _WORKER["table"] = _IdTable()
+  if _WORKER["workspace"] is None:
+    _WORKER["workspace"] = _Workspace()
   counts = pq_core.PQCounts.zeros(len(_WORKER["cat_index"]))
   for gt_ann, pred_ann in pairs:
     counts += evaluate_pair(gt_ann, pred_ann, _WORKER["gt_folder"],
                             _WORKER["pred_folder"], _WORKER["cat_index"],
-                            _WORKER["table"], _WORKER["pred_json_name"])
+                            _WORKER["workspace"], _WORKER["pred_json_name"])
   return counts, len(pairs)
 
 
