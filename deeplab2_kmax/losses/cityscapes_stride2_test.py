@@ -49,7 +49,7 @@ def _scene(rng, size=40):
     h, w = rng.integers(4, 12, 2)
     pan[y:y + h, x:x + w] = int(rng.integers(0, 2)) * D + k       # person / car
   pan[:3, :5] = IGNORE * D                                         # void
-  pan[size - 2, 1] = 1 * D + 9   # tiny car, only on the stride-2 grid (odd-free spot)
+  pan[size - 2, 1] = 1 * D + 9                                     # a 1-pixel car
   image = rng.integers(0, 256, (size, size, 3)).astype(np.uint8)
   return image, pan.astype(np.int32)
 
