@@ -6,8 +6,12 @@ Writes synthetic Cityscapes-size (1024x512) ground-truth/prediction PNG + JSON p
 (~38 segments per image, crowd and void regions), then times our pq_compute (all
 CPUs) and, when panopticapi is importable (it is not on PyPI: put a checkout on
 PYTHONPATH, outside this repository), panopticapi's single-process
-pq_compute_single_core on the same files, and checks the numbers agree. Prints one JSON
-object per line.
+pq_compute_single_core on the same files, interleaved over --repeats runs (medians), and
+checks the numbers agree. Also times PIL-decoding every PNG once in one process (the
+floor of any PNG-based evaluation on one core) and, with --cli, the CLI end to end.
+The PNGs are written like real panoptic PNGs (RGB, PIL's default zlib level and
+adaptive row filters, via evaluation.writers). Prints one JSON object per line,
+with the load average.
 """
 
 import argparse
@@ -16,6 +20,7 @@ import io
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -112,11 +117,55 @@ def _max_diff(a, b):
   return max(diffs)
 
 
+def _panopticapi(files):
+  """panopticapi's single-process pq_compute on the same files (None if not importable)."""
+  try:
+    from panopticapi import evaluation as papi  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  with open(files["gt_json_file"]) as f:
+    gt_json = json.load(f)
+  with open(files["pred_json_file"]) as f:
+    pred_json = json.load(f)
+  cats = {c["id"]: c for c in gt_json["categories"]}
+  pred_by_id = {a["image_id"]: a for a in pred_json["annotations"]}
+  pairs = [(a, pred_by_id[a["image_id"]]) for a in gt_json["annotations"]]
+  with contextlib.redirect_stdout(io.StringIO()):
+    stat = papi.pq_compute_single_core(0, pairs, files["gt_folder"], files["pred_folder"],
+                                       cats)
+  theirs = {}
+  for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+    theirs[name], per_class = stat.pq_average(cats, isthing=isthing)
+    if name == "All":
+      theirs["per_class"] = {str(k): v for k, v in per_class.items()}
+  return theirs
+
+
+def _timed(fn):
+  t0, c0 = time.perf_counter(), _cpu_seconds()
+  out = fn()
+  return out, time.perf_counter() - t0, _cpu_seconds() - c0
+
+
+def _decode_only(folders):
+  """The floor of any PNG-based PQ: decoding every PNG once (one process, PIL)."""
+  for folder in folders:
+    for name in sorted(os.listdir(folder)):
+      pqm.read_id_png(os.path.join(folder, name))
+
+
+def _median(xs):
+  return float(np.median(xs))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--num_images", type=int, default=200)
   parser.add_argument("--data_dir", default="/tmp/pq_bench")
   parser.add_argument("--num_workers", type=int, default=0)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cli", action="store_true",
+                      help="also time the CLI end to end (new interpreter, imports)")
   args = parser.parse_args()
   t0 = time.perf_counter()
   make_dataset(args.data_dir, args.num_images)
@@ -126,42 +175,55 @@ def main():
                pred_json_file=os.path.join(args.data_dir, "pred.json"),
                gt_folder=os.path.join(args.data_dir, "gt"),
                pred_folder=os.path.join(args.data_dir, "pred"))
-  t0, c0 = time.perf_counter(), _cpu_seconds()
-  ours = pqm.pq_compute(**files, num_workers=args.num_workers, progress=False)
-  t_ours, c_ours = time.perf_counter() - t0, _cpu_seconds() - c0
-  print(json.dumps({"impl": "ours", "workers": args.num_workers or os.cpu_count(),
-                    "seconds": round(t_ours, 3), "cpu_seconds": round(c_ours, 3),
-                    "pq": ours["All"]["pq"], "n": ours["All"]["n"]}), flush=True)
-  try:
-    from panopticapi import evaluation as papi  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    print(json.dumps({"impl": "panopticapi", "skipped": "not importable"}))
-    return
-  with open(files["gt_json_file"]) as f:
-    gt_json = json.load(f)
-  with open(files["pred_json_file"]) as f:
-    pred_json = json.load(f)
-  cats = {c["id"]: c for c in gt_json["categories"]}
-  pred_by_id = {a["image_id"]: a for a in pred_json["annotations"]}
-  pairs = [(a, pred_by_id[a["image_id"]]) for a in gt_json["annotations"]]
-  t0, c0 = time.perf_counter(), _cpu_seconds()
-  with contextlib.redirect_stdout(io.StringIO()):
-    stat = papi.pq_compute_single_core(0, pairs, files["gt_folder"], files["pred_folder"],
-                                       cats)
-  theirs = {}
-  for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
-    theirs[name], per_class = stat.pq_average(cats, isthing=isthing)
-    if name == "All":
-      theirs["per_class"] = {str(k): v for k, v in per_class.items()}
-  t_theirs, c_theirs = time.perf_counter() - t0, _cpu_seconds() - c0
-  print(json.dumps({"impl": "panopticapi_single_process", "seconds": round(t_theirs, 3),
-                    "cpu_seconds": round(c_theirs, 3), "pq": theirs["All"]["pq"],
-                    "n": theirs["All"]["n"]}), flush=True)
-  print(json.dumps({"speedup": round(t_theirs / t_ours, 2),
-                    "cpu_time_ratio": round(c_theirs / max(c_ours, 1e-9), 2),
-                    "ms_per_pair_ours": round(1000 * t_ours / args.num_images, 2),
-                    "ms_per_pair_panopticapi": round(1000 * t_theirs / args.num_images, 2),
-                    "max_abs_diff": _max_diff(ours, theirs)}), flush=True)
+  load_before = os.getloadavg()
+  times = {}
+  ours = theirs = None
+  for _ in range(args.repeats):  # interleaved, so both see the same machine load
+    ours, t, c = _timed(lambda: pqm.pq_compute(**files, num_workers=args.num_workers,
+                                               progress=False))
+    times.setdefault("ours", []).append((t, c))
+    if args.cli:
+      cmd = [sys.executable, "-m", "evaluation.panoptic_quality"] + [
+          f"--{k}={v}" for k, v in files.items()]
+      _, t, c = _timed(lambda: subprocess.run(
+          cmd, check=True, capture_output=True,
+          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+      times.setdefault("ours_cli", []).append((t, c))
+    _, t, c = _timed(lambda: _decode_only([files["gt_folder"], files["pred_folder"]]))
+    times.setdefault("pil_decode_only_1proc", []).append((t, c))
+    result, t, c = _timed(lambda: _panopticapi(files))
+    if result is None:
+      print(json.dumps({"impl": "panopticapi", "skipped": "not importable"}))
+      break
+    theirs = result
+    times.setdefault("panopticapi_single_process", []).append((t, c))
+  for impl, tc in times.items():
+    print(json.dumps({"impl": impl, "repeats": len(tc),
+                      "workers": (args.num_workers or os.cpu_count())
+                      if impl.startswith("ours") else 1,
+                      "seconds_median": round(_median([t for t, _ in tc]), 3),
+                      "seconds_all": [round(t, 3) for t, _ in tc],
+                      "cpu_seconds_median": round(_median([c for _, c in tc]), 3)}),
+          flush=True)
+  summary = {"pq_ours": ours["All"]["pq"], "n": ours["All"]["n"],
+             "loadavg_before": [round(x, 2) for x in load_before],
+             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+             "cpus": os.cpu_count()}
+  if theirs is not None:
+    t_ours = _median([t for t, _ in times["ours"]])
+    t_theirs = _median([t for t, _ in times["panopticapi_single_process"]])
+    c_ours = _median([c for _, c in times["ours"]])
+    c_theirs = _median([c for _, c in times["panopticapi_single_process"]])
+    summary.update({
+        "speedup": round(t_theirs / t_ours, 2),
+        "cpu_time_ratio": round(c_theirs / max(c_ours, 1e-9), 2),
+        "ms_per_pair_ours": round(1000 * t_ours / args.num_images, 2),
+        "ms_per_pair_panopticapi": round(1000 * t_theirs / args.num_images, 2),
+        "max_abs_diff": _max_diff(ours, theirs)})
+    if "ours_cli" in times:
+      summary["speedup_cli"] = round(t_theirs / _median([t for t, _ in times["ours_cli"]]),
+                                     2)
+  print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,8 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] 
   init_args = (gt_folder, pred_folder, cat_index, pred_json_file)
   num_workers = num_workers or os.cpu_count() or 1
   num_workers = max(1, min(num_workers, len(pairs)))
-  chunk = max(1, min(16, len(pairs) // (4 * num_workers) or 1))
+  # Small chunks (a chunk pickles only JSON dicts) keep both cores busy to the end.
+  chunk = max(1, min(8, len(pairs) // (8 * num_workers)))
   chunks = [pairs[i:i + chunk] for i in range(0, len(pairs), chunk)]
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=len(pairs), desc="PQ", unit="img", disable=not progress,
