@@ -250,3 +250,78 @@ def test_read_id_png_fast_path_reuses_buffer_and_matches_slow_path(tmp_path):
   with pytest.raises(pqm.PanopticFormatError, match="cannot read panoptic PNG"):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     pqm.read_id_png(str(tmp_path / "bad.png"))
+
+
+def test_lookup_tables_do_not_leak_ids_between_images(tmp_path):
+  """Image 0 lists ids 5 (gt) and 9 (pred); image 1 has them in its PNGs unlisted."""
+  gt0 = _grid([[5, 5, 5, 5]])
+  gt1 = _grid([[5, 5, 6, 6]])  # 5 unlisted here: skipped, neither void nor segment
+  pred = _grid([[9, 9, 9, 9]])
+  r = _pq(tmp_path, [(gt0, [(5, 1, 0)]), (gt1, [(6, 1, 0)])],
+          [(pred, [(9, 1, 0)]), (pred, [(9, 1, 0)])])
+  # image 1: |pred| 4, |gt 6| 2, inter 2, void 0 -> IoU 2 / 4 = 0.5, no match: FN, FP.
+  assert r["per_class"]["1"]["rq"] == pytest.approx(1 / 2)  # TP 1, FP 1, FN 1
+  with pytest.raises(pqm.PanopticFormatError, match="segment with ID 9 is presented in PNG"):
+    _pq(tmp_path, [(gt0, [(5, 1, 0)]), (gt0, [(5, 1, 0)])],
+        [(pred, [(9, 1, 0)]), (pred, [])])
+
+
+def _reference_counts(images, categories):
+  """Independent per-pair loop over segment dicts, written from KMAX.md §6."""
+  cats = {c["id"]: {"tp": 0, "fp": 0, "fn": 0, "iou": 0.0} for c in categories}
+  for gt, gsegs, pred, psegs in images:
+    gt_info = {s: (c, cr, int((gt == s).sum())) for s, c, cr in gsegs}
+    pred_info = {s: (c, int((pred == s).sum())) for s, c, _ in psegs}
+    inter = {}
+    for g, p in zip(gt.reshape(-1).tolist(), pred.reshape(-1).tolist()):
+      inter[(g, p)] = inter.get((g, p), 0) + 1
+    gt_hit, pred_hit = set(), set()
+    for (g, p), n in sorted(inter.items()):
+      if g not in gt_info or p not in pred_info or gt_info[g][1]:
+        continue
+      if gt_info[g][0] != pred_info[p][0]:
+        continue
+      union = pred_info[p][1] + gt_info[g][2] - n - inter.get((0, p), 0)
+      if n / union > 0.5:
+        cats[gt_info[g][0]]["tp"] += 1
+        cats[gt_info[g][0]]["iou"] += n / union
+        gt_hit.add(g)
+        pred_hit.add(p)
+    crowd = {}
+    for s, (c, cr, _) in gt_info.items():
+      if cr:
+        crowd[c] = s
+      elif s not in gt_hit:
+        cats[c]["fn"] += 1
+    for p, (c, area) in pred_info.items():
+      if p in pred_hit:
+        continue
+      ignored = inter.get((0, p), 0) + (inter.get((crowd[c], p), 0) if c in crowd else 0)
+      if ignored / area <= 0.5:
+        cats[c]["fp"] += 1
+  return cats
+
+
+def test_random_images_match_an_independent_reference(tmp_path):
+  rng = np.random.default_rng(3)
+  images = []
+  for _ in range(4):
+    gt = rng.choice([0, 11, 12, 13, 14, 15], size=(12, 16), p=[.1, .3, .2, .2, .1, .1])
+    gt[3:9, 4:12] = 12  # a big block so some predictions match
+    pred = gt.copy()
+    noise = rng.random(gt.shape) < 0.25
+    pred[noise] = rng.choice([0, 21, 22, 23], size=int(noise.sum()))
+    gsegs = [(int(s), int(rng.choice([1, 2, 7])), int(rng.random() < 0.2))
+             for s in np.unique(gt) if s]
+    cat_of = dict((s, c) for s, c, _ in gsegs)
+    psegs = [(int(s), cat_of.get(int(s), int(rng.choice([1, 2, 7]))), 0)
+             for s in np.unique(pred) if s]
+    images.append((gt.astype(np.uint32), gsegs, pred.astype(np.uint32), psegs))
+  r = _pq(tmp_path, [(g, gs) for g, gs, _, _ in images],
+          [(p, ps) for _, _, p, ps in images])
+  ref = _reference_counts(images, CATS)
+  for cid, c in ref.items():
+    denom = c["tp"] + 0.5 * c["fp"] + 0.5 * c["fn"]
+    expected = c["iou"] / denom if denom else 0.0
+    assert r["per_class"][str(cid)]["pq"] == pytest.approx(expected, abs=1e-12), cid
+  assert sum(c["tp"] + c["fp"] + c["fn"] > 0 for c in ref.values()) == r["All"]["n"]
