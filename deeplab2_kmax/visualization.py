@@ -159,14 +159,26 @@ def overlay_panoptic(image: np.ndarray, panoptic: np.ndarray, label_divisor: int
   return np.asarray(canvas)
 
 
-def colorize_clusters(assignment: np.ndarray, num_clusters: int) -> np.ndarray:
-  """RGB uint8 [h, w, 3]: pixels assigned to the same cluster share a colour, and a
-  cluster keeps its colour in every decoder layer (colour = palette[cluster id])."""
+def colorize_clusters(assignment: np.ndarray, num_clusters: int,
+                      used: Optional[Sequence[int]] = None) -> np.ndarray:
+  """RGB uint8 [h, w, 3]: pixels assigned to the same cluster share a colour.
+
+  The colour depends only on the cluster id (and on `used`, the ids drawn together, e.g.
+  those of all decoder layers of one figure), so a cluster keeps its colour in every
+  layer. The i-th used id gets palette colour i: the few clusters of a picture get
+  far-apart hues. Default `used`: all `num_clusters` ids.
+  """
   assignment = np.asarray(assignment)
   if assignment.size and (assignment.min() < 0 or assignment.max() >= num_clusters):
     raise ValueError(f"cluster ids must lie in [0, {num_clusters}), got "
                      f"[{assignment.min()}, {assignment.max()}]")
-  return color_palette(num_clusters, seed=3)[assignment]
+  used = np.arange(num_clusters) if used is None else np.unique(np.asarray(used))
+  missing = np.setdiff1d(np.unique(assignment), used)
+  if missing.size:
+    raise ValueError(f"cluster ids {missing.tolist()} are not in `used`")
+  lut = np.zeros(num_clusters, np.int64)
+  lut[used] = np.arange(len(used))
+  return color_palette(max(len(used), 1), seed=3)[lut[assignment]]
 
 
 def cluster_figure(image: np.ndarray, assignments: Sequence[np.ndarray],
@@ -194,8 +206,10 @@ def cluster_figure(image: np.ndarray, assignments: Sequence[np.ndarray],
   titles = list(layer_titles or [f"layer {i + 1}" for i in range(len(assignments))])
   if len(titles) != len(assignments):
     raise ValueError(f"{len(titles)} titles for {len(assignments)} layers")
+  used = np.unique(np.concatenate([np.asarray(a).reshape(-1) for a in assignments]))
   panels = ([("input", np.asarray(image))]
-            + [(t, colorize_clusters(a, num_clusters)) for t, a in zip(titles, assignments)]
+            + [(t, colorize_clusters(a, num_clusters, used))
+               for t, a in zip(titles, assignments)]
             + [("panoptic prediction", np.asarray(panoptic_rgb))])
   # One row for up to 5 panels (the (1, 1, 1) decoder), else two rows (8 for (2, 2, 2)).
   columns = len(panels) if len(panels) <= 5 else -(-len(panels) // 2)

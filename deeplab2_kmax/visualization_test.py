@@ -84,6 +84,13 @@ def test_colorize_clusters_same_cluster_same_colour():
   assert not np.array_equal(rgb[0, 0], rgb[0, 2])
   with pytest.raises(ValueError, match="cluster ids"):
     vis.colorize_clusters(a, 6)
+  # With `used`, the i-th used cluster gets palette colour i (far-apart hues).
+  rgb = vis.colorize_clusters(a, 8, used=[0, 5, 7])
+  palette = vis.color_palette(3, seed=3)
+  np.testing.assert_array_equal(rgb[0, 2], palette[1])
+  np.testing.assert_array_equal(rgb[1, 1], palette[2])
+  with pytest.raises(ValueError, match=r"\[7\] are not in"):
+    vis.colorize_clusters(a, 8, used=[0, 5])
 
 
 def test_cluster_figure_writes_png(tmp_path):
