@@ -5,6 +5,11 @@ Offline (same arguments as panopticapi's pq_compute):
   python -m evaluation.panoptic_quality --gt_json_file=F --pred_json_file=F \
       --gt_folder=D --pred_folder=D [--output_json=F] [--num_workers=N]
 
+Speed: worker processes (fork, chunks of a few pairs, only JSON dicts pickled) decode
+each PNG with PIL straight into a reusable uint32 buffer and count all (gt, pred)
+segment pairs with one `np.bincount`. PNG decoding (zlib inflate) is ~75% of the CPU
+time and bounds the speed: see benchmarks/panoptic_quality.py, which reports it.
+
 Online: `PanopticQualityAccumulator` streams int panoptic maps in the internal encoding
 (docs/DESIGN.md) through the same core (`evaluation/pq_core.py`), so both give identical
 numbers on the same data.
