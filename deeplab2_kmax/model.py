@@ -110,6 +110,11 @@ class KMaXDeepLab(keras.Model):
     embedding_dim: pixel/mask embedding D (128).
     pixel_head_channels: hidden width of the pixel heads (256).
     decoder_drop_path_rate: transformer decoder drop path (0.2 = keep 0.8).
+    drop_query_keep_number: drop-query regularization (training only): keep this many
+      random cluster centers per image, 0 = off (see transformer_decoder). Outputs
+      keep N queries; dropped ones have constant void class logits and -1e4 mask
+      logits. Must be >= the data's max_segments.
+    drop_query_seed: optional seed of the drop-query sampling.
     use_semantic_decoder: COCO-style auxiliary semantic decoder (True) or the
       Cityscapes head on res5 (False).
     semantic_channels: ASPP / decoder / head width of the semantic branch (256).
@@ -133,6 +138,8 @@ class KMaXDeepLab(keras.Model):
                ffn_channels: int = 2048, embedding_dim: int = 128,
                pixel_head_channels: int = 256,
                decoder_drop_path_rate: float = 0.2,
+               drop_query_keep_number: int = 0,
+               drop_query_seed: Optional[int] = None,
                use_semantic_decoder: bool = True, semantic_channels: int = 256,
                semantic_low_level_channels: Sequence[int] = (64, 32),
                activation: str = "gelu",
@@ -166,6 +173,8 @@ class KMaXDeepLab(keras.Model):
     self.embedding_dim = embedding_dim
     self.pixel_head_channels = pixel_head_channels
     self.decoder_drop_path_rate = decoder_drop_path_rate
+    self.drop_query_keep_number = int(drop_query_keep_number)
+    self.drop_query_seed = drop_query_seed
     self.use_semantic_decoder = use_semantic_decoder
     self.semantic_channels = semantic_channels
     self.semantic_low_level_channels = tuple(semantic_low_level_channels)
@@ -189,6 +198,8 @@ class KMaXDeepLab(keras.Model):
         num_heads=decoder_num_heads, ffn_channels=ffn_channels,
         embedding_dim=embedding_dim, pixel_head_channels=pixel_head_channels,
         activation=activation, drop_path_rate=decoder_drop_path_rate,
+        drop_query_keep_number=self.drop_query_keep_number,
+        drop_query_seed=drop_query_seed,
         norm_config=nc, name="transformer_decoder")
     self.prediction_head = heads.PredictionHead(
         num_classes, embedding_dim, pixel_head_channels, activation=activation,
@@ -211,6 +222,9 @@ class KMaXDeepLab(keras.Model):
     decoded = self.transformer_decoder(pixel_features[:3], training=training)
     final = self.prediction_head(pixel_features[-1], decoded["class_features"],
                                  decoded["mask_features"], training=training)
+    if "kept_queries" in decoded:  # drop query (training): back to N queries
+      final = transformer_decoder_lib.restore_prediction(
+          final, decoded["kept_queries"], self.num_queries, self.num_classes)
     size = ops.shape(final["mask_logits"])[1:3]
     aux_outputs = []
     for prediction in decoded["aux_predictions"]:
@@ -253,6 +267,8 @@ class KMaXDeepLab(keras.Model):
         "ffn_channels": self.ffn_channels, "embedding_dim": self.embedding_dim,
         "pixel_head_channels": self.pixel_head_channels,
         "decoder_drop_path_rate": self.decoder_drop_path_rate,
+        "drop_query_keep_number": self.drop_query_keep_number,
+        "drop_query_seed": self.drop_query_seed,
         "use_semantic_decoder": self.use_semantic_decoder,
         "semantic_channels": self.semantic_channels,
         "semantic_low_level_channels": self.semantic_low_level_channels,

@@ -192,3 +192,46 @@ def test_checkpoint_round_trip_covers_list_held_layers(tiny_model, tmp_path):
                                   np.asarray(tiny_model(images)[key]))
   keys = model_lib.list_held_layers(fresh)
   assert "backbone/convs/0" in keys and "transformer_decoder/decoder_layers/2" in keys
+
+
+def _drop_query_model():
+  config = dict(TINY, num_queries=12, drop_query_keep_number=5, drop_query_seed=0,
+                decoder_drop_path_rate=0.0)
+  return model_lib.KMaXDeepLab(3, backbone=StandInBackbone(), **config)
+
+
+def test_drop_query_training_only_and_shapes():
+  model = _drop_query_model()
+  images = _images(batch=2, size=33)
+  out = model(images, training=True)
+  assert out["class_logits"].shape == (2, 12, 4)
+  assert out["mask_logits"].shape == (2, 9, 9, 12)
+  assert "kept_queries" not in out
+  # Exactly 12 - 5 queries per image carry the constant "dropped" logits, in every
+  # output (final and deep supervision), and the same ones everywhere.
+  dropped = np.all(np.asarray(out["mask_logits"]) == -1e4, axis=(1, 2))  # [B, N]
+  assert (dropped.sum(axis=1) == 7).all()
+  class_logits = np.asarray(out["class_logits"])
+  np.testing.assert_array_equal(class_logits[dropped][:, -1], 0.0)
+  np.testing.assert_array_equal(class_logits[dropped][:, :-1], -1e4)
+  for aux in out["aux_outputs"]:
+    aux_dropped = np.all(np.asarray(aux["mask_logits"]) == -1e4, axis=(1, 2))
+    np.testing.assert_array_equal(aux_dropped, dropped)
+  for assignment in out["cluster_assignments"]:
+    a = np.asarray(assignment)
+    for b in range(2):
+      assert not np.isin(a[b], np.flatnonzero(dropped[b])).any()
+  # Inference: all queries live.
+  inference = model(images, training=False)
+  assert not np.any(np.all(np.asarray(inference["mask_logits"]) == -1e4, axis=(1, 2)))
+  assert model.get_config()["drop_query_keep_number"] == 5
+
+
+@pytest.mark.slow  # XLA-compiles a tiny model's training forward: 40-90 s on 2 cores
+def test_drop_query_under_xla():
+  model = _drop_query_model()
+  images = _images(batch=2, size=33)
+  step = tf.function(lambda x: model(x, training=True), jit_compile=True)
+  xla = step(tf.constant(images))
+  xla_dropped = np.all(np.asarray(xla["mask_logits"]) == -1e4, axis=(1, 2))
+  assert (xla_dropped.sum(axis=1) == 7).all()

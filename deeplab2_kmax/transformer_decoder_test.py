@@ -72,3 +72,84 @@ def test_full_size_parameter_counts_match_paper():
   small = _full_size_count(num_layers_per_stride=(1, 1, 1))
   assert abs(MAXS_REST + small - 68e6) / 68e6 < 0.02
   assert abs(R50_REST + small - 52e6) / 52e6 < 0.025
+
+
+def test_restore_queries_matches_numpy_scatter():
+  rng = np.random.default_rng(7)
+  kept = np.array([[0, 3, 4], [1, 2, 5]], "int32")
+  values = rng.normal(size=(2, 3, 4)).astype("float32")
+  out = np.asarray(transformer_decoder.restore_queries(values, kept, 6, -5.0, axis=1))
+  expected = np.full((2, 6, 4), -5.0, "float32")
+  for b in range(2):
+    expected[b, kept[b]] = values[b]
+  np.testing.assert_array_equal(out, expected)
+  masks = rng.normal(size=(2, 2, 3, 3)).astype("float32")
+  out = np.asarray(transformer_decoder.restore_queries(masks, kept, 6, -7.0, axis=-1))
+  expected = np.full((2, 2, 3, 6), -7.0, "float32")
+  for b in range(2):
+    expected[b][..., kept[b]] = masks[b]
+  np.testing.assert_array_equal(out, expected)
+  assignment = np.array([[[0, 2], [1, 1]], [[2, 0], [0, 1]]], "int32")
+  restored = np.asarray(transformer_decoder.restore_assignment(assignment, kept))
+  np.testing.assert_array_equal(restored, np.stack([kept[b][assignment[b]]
+                                                    for b in range(2)]))
+
+
+def test_drop_query_equals_a_decoder_with_only_the_kept_queries():
+  # Training with drop query must behave exactly like a decoder whose centers are the
+  # kept subset (no leakage from dropped centers through assignment, attention or BN).
+  config = dict(TINY, num_layers_per_stride=(1, 1, 1), drop_path_rate=0.0)
+  feats = [f[:1] for f in _features()]
+  full = transformer_decoder.KMaXTransformerDecoder(
+      4, num_queries=9, drop_query_keep_number=5, drop_query_seed=3, **config)
+  out = full(feats, training=True)
+  kept = np.asarray(out["kept_queries"])
+  assert kept.shape == (1, 5) and len(set(kept[0])) == 5
+  small = transformer_decoder.KMaXTransformerDecoder(4, num_queries=5, **config)
+  small(feats, training=True)
+  weights = full.get_weights()
+  centers_index = [i for i, w in enumerate(full.weights)
+                   if w.path.endswith("cluster_centers")][0]
+  weights[centers_index] = weights[centers_index][:, kept[0]]
+  small.set_weights(weights)
+  ref = small(feats, training=True)
+  np.testing.assert_allclose(np.asarray(out["class_features"]),
+                             np.asarray(ref["class_features"]), atol=1e-5)
+  dropped = np.setdiff1d(np.arange(9), kept[0])
+  for got, want in zip(out["aux_predictions"], ref["aux_predictions"]):
+    assert got["class_logits"].shape == (1, 9, 5)
+    np.testing.assert_allclose(np.asarray(got["class_logits"])[:, kept[0]],
+                               np.asarray(want["class_logits"]), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got["mask_logits"])[..., kept[0]],
+                               np.asarray(want["mask_logits"]), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(got["mask_logits"])[..., dropped],
+                                  transformer_decoder.DROPPED_LOGIT)
+    void_prob = np.asarray(got["class_logits"])[0, dropped]
+    assert (void_prob[:, -1] == 0).all() and (void_prob[:, :-1] == -1e4).all()
+  for got, want in zip(out["cluster_assignments"], ref["cluster_assignments"]):
+    np.testing.assert_array_equal(np.asarray(got), kept[0][np.asarray(want)])
+
+
+def test_drop_query_off_at_inference_and_seeded():
+  config = dict(TINY, num_layers_per_stride=(1, 0, 0))
+  feats = _features()
+  make = lambda seed: transformer_decoder.KMaXTransformerDecoder(
+      4, num_queries=8, drop_query_keep_number=3, drop_query_seed=seed, **config)
+  decoder = make(11)
+  assert "kept_queries" not in decoder(feats, training=False)
+  assert decoder(feats, training=False)["class_features"].shape == (2, 8, 16)
+  first = np.asarray(decoder(feats, training=True)["kept_queries"])
+  assert first.shape == (2, 3)
+  assert all(len(set(row)) == 3 and row.max() < 8 for row in first)
+  # Same seed → same sequence of subsets; successive calls draw new subsets.
+  again = make(11)
+  again(feats, training=False)
+  np.testing.assert_array_equal(np.asarray(again(feats, training=True)["kept_queries"]),
+                                first)
+  draws = [np.asarray(decoder(feats, training=True)["kept_queries"]) for _ in range(5)]
+  assert any(not np.array_equal(d, first) for d in draws)
+  clone = transformer_decoder.KMaXTransformerDecoder.from_config(decoder.get_config())
+  assert clone.get_config() == decoder.get_config()
+  with pytest.raises(ValueError, match="drop_query_keep_number"):
+    transformer_decoder.KMaXTransformerDecoder(4, num_queries=8,
+                                               drop_query_keep_number=9)
