@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${DEMO_OUTPUT:-demo_output}
-STEPS=${DEMO_TRAIN_STEPS:-1000}
+STEPS=${DEMO_TRAIN_STEPS:-600}
 NUM_TRAIN=${DEMO_NUM_TRAIN:-400}
 NUM_VAL=${DEMO_NUM_VAL:-50}
 SEED=${DEMO_SEED:-0}
