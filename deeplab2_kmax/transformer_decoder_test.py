@@ -153,3 +153,30 @@ def test_drop_query_off_at_inference_and_seeded():
   with pytest.raises(ValueError, match="drop_query_keep_number"):
     transformer_decoder.KMaXTransformerDecoder(4, num_queries=8,
                                                drop_query_keep_number=9)
+
+
+def test_dropped_slots_add_nothing_to_the_losses_but_the_slot_normalization():
+  # The contract the q256 config relies on: with dropped slots filled by
+  # restore_prediction, every loss term equals the K-slot one, except the PQ-style
+  # loss which averages over N slots (scaled by K / N).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.losses import loss_test_data as data  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.losses.kmax_loss import KMaXLoss  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  kept = np.array([[0, 2, 5, 7], [1, 3, 4, 6]], "int32")
+  outputs = data.make_outputs(rng, num_slots=4, num_aux=1)
+  labels = data.make_labels(rng, max_segments=4, num_segments=[4, 3])
+
+  def restored(o):
+    return transformer_decoder.restore_prediction(
+        {k: tf.constant(o[k]) for k in ("class_logits", "mask_logits",
+                                         "pixel_embeddings")}, kept, 8, 3)
+  full = dict(restored(outputs), semantic_logits=outputs["semantic_logits"],
+              aux_outputs=[restored(outputs["aux_outputs"][0])])
+  seed = tf.constant([1, 2], tf.int64)
+  loss = KMaXLoss()
+  got = {k: float(v) for k, v in loss(full, labels, seed=seed).items()}
+  want = {k: float(v) for k, v in loss(outputs, labels, seed=seed).items()}
+  assert got["pq_style"] == pytest.approx(want["pq_style"] * 4 / 8, rel=1e-5)
+  for key in ("mask_id", "instance_discrimination", "semantic"):
+    assert got[key] == pytest.approx(want[key], rel=1e-5)
