@@ -240,7 +240,13 @@ class KMaXDeepLab(keras.Model):
     return outputs
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):
-    """Adds the list-held sub-layers (see `list_held_layers`) to checkpoints."""
+    """Adds the list-held sub-layers (see `list_held_layers`) to checkpoints.
+
+    Every layer class that keeps sub-layers in lists now tracks them itself
+    (layers.tracking.TrackListHeldLayers), so sub-layer checkpoints are complete; these
+    whole-tree "listed/..." edges at the root are kept so that model checkpoints
+    written before that keep restoring (same layout).
+    """
     children = super()._trackable_children(save_type, **kwargs)
     if save_type == "checkpoint":
       for key, layer in list_held_layers(self).items():

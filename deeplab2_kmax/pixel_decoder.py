@@ -35,6 +35,7 @@ from deeplab2_kmax.layers import bottleneck
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import resize
+from deeplab2_kmax.layers import tracking
 
 ENDPOINTS = ("res5", "res4", "res3", "res2", "stem")
 
@@ -118,7 +119,7 @@ class ResizedFuse(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class KMaXPixelDecoder(keras.layers.Layer):
+class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
   """The kMaX pixel decoder.
 
   Call with the backbone endpoint dict ("stage2".."stage5" or "res2".."res5",

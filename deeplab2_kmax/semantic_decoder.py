@@ -26,6 +26,7 @@ from keras import ops
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import resize
+from deeplab2_kmax.layers import tracking
 
 
 def semantic_feature(endpoints):
@@ -36,7 +37,7 @@ def semantic_feature(endpoints):
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class ASPP(keras.layers.Layer):
+class ASPP(tracking.TrackListHeldLayers, keras.layers.Layer):
   """Atrous spatial pyramid pooling with global image pooling.
 
   Args:
@@ -91,7 +92,7 @@ class ASPP(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class SemanticDecoder(keras.layers.Layer):
+class SemanticDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
   """Auxiliary semantic decoder + head; returns logits [B, h(res2), w(res2), C].
 
   Args:

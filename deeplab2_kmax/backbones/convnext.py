@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from deeplab2_kmax.layers import drop_path
+from deeplab2_kmax.layers import tracking
 
 CONVNEXT_PRESETS = {
     "convnext_tiny": {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)},
@@ -101,7 +102,7 @@ class ConvNeXtBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class ConvNeXt(keras.layers.Layer):
+class ConvNeXt(tracking.TrackListHeldLayers, keras.layers.Layer):
   """ConvNeXt backbone with output stride 32.
 
   Args:

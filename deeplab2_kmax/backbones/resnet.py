@@ -31,6 +31,7 @@ import keras
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import tracking
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -137,7 +138,7 @@ def linear_drop_path_rate(rate: float, current_stride: int, beyond_stride: int) 
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class ResNet(keras.layers.Layer):
+class ResNet(tracking.TrackListHeldLayers, keras.layers.Layer):
   """ResNet backbone with output stride 32.
 
   Args:

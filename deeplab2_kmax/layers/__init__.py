@@ -4,5 +4,6 @@ normalization (BN factory, sync BN, activations), convolutions (ConvBN, DenseBN,
 DepthwiseSeparableConv), drop_path, resize (align-corners bilinear), axial_attention
 (AxialAttention1D/2D, AxialBlock), bottleneck (BottleneckBlock), attention
 (AttentionOperation), kmeans_cross_attention (cluster assignment + center update),
-transformer_layer (KMaXTransformerLayer with the four Table-1 interactions).
+transformer_layer (KMaXTransformerLayer with the four Table-1 interactions), tracking
+(TrackListHeldLayers: checkpoint sub-layers kept in lists).
 """

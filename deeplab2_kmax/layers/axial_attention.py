@@ -25,6 +25,7 @@ from keras import ops
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import tracking
 
 
 def relative_distance_index(length, max_span: int):
@@ -36,7 +37,7 @@ def relative_distance_index(length, max_span: int):
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
-class AxialAttention1D(keras.layers.Layer):
+class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
   """Global multi-head axial attention along axis 1 of a [B, L, C] tensor.
 
   Args:
