@@ -1,7 +1,7 @@
 """Model size and compute: parameters and multiply-accumulates of one inference forward.
 
     python -m deeplab2_kmax.tools.model_stats --gin_file=configs/coco/kmax_r50.gin \
-        --height=800 --width=1200 [--breakdown]
+        --height=800 --width=1200 [--breakdown | --per_part]
     python -m deeplab2_kmax.tools.model_stats --all   # Markdown table vs the paper
 
 One JSON line per config: {"gin_file", "params", "params_total", "gmacs", ...}.
@@ -14,8 +14,9 @@ One JSON line per config: {"gin_file", "params", "params_total", "gmacs", ...}.
   the ops it has no statistics for (Einsum: product of all index sizes of a
   two-operand einsum), halved. Conv2D, DepthwiseConv2dNative, MatMul and BatchMatMul
   are counted by the profiler (2 flops per MAC), element-wise ops at 1 flop each.
-* --breakdown adds per-part counts ("parts": {sub-layer name: {params, gmacs}}) keyed
-  by the model's direct sub-layers (encoder, pixel decoder, transformer decoder, heads).
+* --breakdown (alias --per_part) adds per-part counts ("parts": {sub-layer name:
+  {params, gmacs}}) keyed by the model's direct sub-layers (encoder, pixel decoder,
+  transformer decoder, heads).
 
 The model is built with `build_model(num_classes=...)` after parsing the gin file;
 num_classes comes from --num_classes, else from a gin binding of build_model.num_classes,
@@ -72,6 +73,7 @@ def define_flags():
   flags.DEFINE_integer("width", 1200, "Input width.")
   flags.DEFINE_integer("num_classes", None, "Classes (default: gin binding, else 133).")
   flags.DEFINE_bool("breakdown", False, "Add per-part params and GMACs.")
+  flags.DEFINE_bool("per_part", False, "Alias of --breakdown.")
   flags.DEFINE_bool("all", False, "Run every config of PAPER_TARGETS; print a table.")
   flags.DEFINE_string("root", REPO_ROOT, "Repository root (config paths and gin "
                       "`include`s are relative to it).")
@@ -257,7 +259,7 @@ def main(argv):
       stats = stats_for_config([os.path.join(FLAGS.root, gin_file)],
                                FLAGS.gin_bindings, root=FLAGS.root, height=FLAGS.height,
                                width=FLAGS.width, num_classes=FLAGS.num_classes,
-                               breakdown=FLAGS.breakdown)
+                               breakdown=FLAGS.breakdown or FLAGS.per_part)
       row = {"gin_file": gin_file, **stats}
       print(json.dumps(row), flush=True)
       rows.append(row)
@@ -271,7 +273,7 @@ def main(argv):
   stats = stats_for_config(FLAGS.gin_file, FLAGS.gin_bindings, root=FLAGS.root,
                            height=FLAGS.height,
                            width=FLAGS.width, num_classes=FLAGS.num_classes,
-                           breakdown=FLAGS.breakdown)
+                           breakdown=FLAGS.breakdown or FLAGS.per_part)
   print(json.dumps({"gin_file": ",".join(FLAGS.gin_file), **stats}))
 
 

@@ -92,3 +92,27 @@ def test_model_stats_on_a_tiny_config():
   assert parts["resnet50"]["gmacs"] == pytest.approx(alone, rel=0.01, abs=2e-3)
   # stem conv alone: 7x7x3x8 MACs at 49x65 outputs
   assert alone > 7 * 7 * 3 * 8 * 49 * 65 / 1e9
+
+
+def test_cli_per_part_on_a_tiny_config():
+  # The CLI (own process: absl flags) with --per_part prints one JSON line whose parts
+  # add up to the totals.
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  argv = [sys.executable, "-m", "deeplab2_kmax.tools.model_stats",
+          "--gin_file=" + os.path.join(model_stats.REPO_ROOT, "configs/coco/kmax_r50.gin"),
+          "--height=65", "--width=65", "--num_classes=5", "--per_part"]
+  argv += [f"--gin_bindings={b}" for b in TINY_BINDINGS]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run(argv, capture_output=True, text=True, check=True,
+                          cwd=model_stats.REPO_ROOT, env=env, timeout=300)
+  stats = json.loads(result.stdout.strip().splitlines()[-1])
+  parts = stats["parts"]
+  assert {"resnet50", "pixel_decoder", "transformer_decoder", "prediction_head",
+          "semantic_branch"} <= set(parts)
+  assert stats["params"] == sum(p["params"] for name, p in parts.items()
+                                if name != "semantic_branch")
+  assert stats["params_total"] == sum(p["params"] for p in parts.values())
+  assert sum(p["gmacs"] for p in parts.values()) == pytest.approx(stats["gmacs"],
+                                                                   abs=2e-3)
