@@ -140,7 +140,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 
 def test_mirrored_two_cpus_matches_one_device(tmp_path):
   proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT, str(tmp_path)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=180,
+                        capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "SAME none 4" in proc.stdout and "SAME sync 7" in proc.stdout, proc.stdout
