@@ -86,12 +86,12 @@ def segment_contours(ids: np.ndarray) -> np.ndarray:
 
 
 def _label_anchor(mask: np.ndarray) -> tuple:
-  """(x, y) of the segment pixel nearest the segment's centroid (inside the segment
-  even for non-convex shapes)."""
-  ys, xs = np.nonzero(mask)
-  cy, cx = ys.mean(), xs.mean()
-  k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-  return int(xs[k]), int(ys[k])
+  """(x, y) of the segment pixel farthest from the segment's border (its most interior
+  point, inside the segment even for non-convex or fragmented shapes)."""
+  from scipy import ndimage
+  distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+  y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
+  return int(x), int(y)
 
 
 def _font(size: int):

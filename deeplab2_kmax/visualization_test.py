@@ -116,3 +116,11 @@ def test_overlay_scale_upsamples():
   np.testing.assert_array_equal(big[::3, ::3], small)
   with pytest.raises(ValueError, match="scale"):
     vis.overlay_panoptic(image, pan, D, 255, {}, {}, scale=0)
+
+
+def test_label_anchor_is_the_most_interior_pixel():
+  mask = np.zeros((30, 40), bool)
+  mask[5:25, 5:25] = True   # a 20x20 block ...
+  mask[28:, :] = True       # ... and a thin strip whose centroid pulls the mean down
+  x, y = vis._label_anchor(mask)
+  assert 13 <= x <= 16 and 13 <= y <= 16
