@@ -32,6 +32,7 @@ import gin
 import keras
 from keras import ops
 
+from deeplab2_kmax import backbones
 from deeplab2_kmax import heads
 from deeplab2_kmax import pixel_decoder as pixel_decoder_lib
 from deeplab2_kmax import semantic_decoder as semantic_decoder_lib
@@ -147,7 +148,6 @@ class KMaXDeepLab(keras.Model):
     kwargs.setdefault("name", "kmax_deeplab")
     super().__init__(**kwargs)
     if isinstance(backbone, str):
-      from deeplab2_kmax import backbones  # pylint: disable=g-import-not-at-top
       self.backbone_name = backbone
       self.backbone = backbones.build_backbone(backbone, **dict(backbone_kwargs or {}))
     else:
