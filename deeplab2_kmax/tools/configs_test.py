@@ -20,7 +20,7 @@ ROOT = model_stats.REPO_ROOT
 MODEL_CONFIGS = sorted(model_stats.PAPER_TARGETS)
 SHARED_FILES = {"configs/coco/base.gin", "configs/coco/recipe.gin",
                 "configs/coco/ablations/recipe.gin", "configs/cityscapes/base.gin",
-                "configs/cityscapes/recipe.gin"}
+                "configs/cityscapes/recipe.gin", "configs/coco/recipe_drop_query.gin"}
 BACKBONE_CLASSES = {"resnet50": resnet.ResNet, "axial_resnet50": axial_resnet.AxialResNet,
                     **{name: convnext.ConvNeXt for name in convnext.CONVNEXT_PRESETS}}
 
@@ -159,6 +159,10 @@ def test_recipes_parse_with_the_trainer_configurables(dataset, steps, lr, batch,
   if dataset == "coco":
     _parse(model_config, "configs/coco/ablations/recipe.gin")
     assert gin.query_parameter("%TRAIN_STEPS") == 100000
+    _parse("configs/coco/kmax_convnext_large_q256.gin", "configs/coco/recipe_drop_query.gin")
+    assert gin.query_parameter("KMaXLoss.pq_style_weight") == 6.0
+    assert gin.query_parameter("build_model.drop_query_keep_number") == 128
+    assert gin.query_parameter("%TRAIN_STEPS") == steps
 
 
 def test_tiny_variant_of_each_meta_config_builds():
