@@ -57,7 +57,14 @@ if [[ -f deeplab2_kmax/export.py ]]; then
   stamp "exporting a SavedModel"
   $PY -m deeplab2_kmax.export --gin_file="$CONFIG" --checkpoint="$MODEL" \
       --dataset_info="$TFR/dataset_info.json" --output_dir="$EXPORT" \
-      --input_size=129,129
+      --input_size=129,129 --verify_tfrecord="$TFR/val-*.tfrecord" --verify_max_examples=10
+  stamp "predictions + overlays for 4 val images (from the SavedModel)"
+  $PY -m deeplab2_kmax.predict --saved_model="$EXPORT" --images="$RAW/val/val_00000[0-3].jpg" \
+      --output_dir="$OUT/predictions" --overlay_scale=2
+  stamp "pixel-cluster assignment figure"
+  $PY -m deeplab2_kmax.visualize_clusters --gin_file="$CONFIG" --checkpoint="$MODEL" \
+      --dataset_info="$TFR/dataset_info.json" --input_size=129,129 \
+      --image="$RAW/val/val_000003.jpg" --output="$OUT/clusters.png"
 else
   stamp "deeplab2_kmax/export.py not present: skipping the export"
 fi
@@ -85,5 +92,8 @@ print(f"  checkpoints                     {model_dir}")
 print(f"  TensorBoard logs                tensorboard --logdir {model_dir}")
 print(f"  metrics                         {os.path.join(model_dir, 'eval', 'metrics.json')}")
 if os.path.isdir(export_dir):
+  out = os.path.dirname(export_dir)
   print(f"  SavedModel (TF Serving)         {export_dir}")
+  print(f"  overlays + COCO panoptic preds  {os.path.join(out, 'predictions')}")
+  print(f"  cluster assignment figure       {os.path.join(out, 'clusters.png')}")
 EOF
