@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import test_utils
@@ -80,3 +81,25 @@ def test_strided_build_on_input_smaller_than_kernel(make):
   sym = make()
   out = sym(keras.Input((None, None, 3)))
   assert tuple(out.shape) == (None, None, None, 4)
+
+
+def test_atrous_conv_wider_than_the_map_is_its_centre_tap():
+  # Dilation >= height and width: every off-centre tap reads padding, so ConvBN runs
+  # the 1x1 conv of the centre tap; outputs and gradients match the atrous conv.
+  layer = convolutions.ConvBN(6, 3, dilation_rate=5, use_bn=False, use_bias=True)
+  x = tf.random.stateless_normal([2, 5, 4, 3], [0, 1])
+  layer(x)
+  layer.conv.bias.assign(tf.range(6, dtype=tf.float32))
+  assert layer._atrous_taps(x) == [(1, 1)]
+  assert layer._atrous_taps(tf.zeros([1, 6, 4, 3])) is None
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    fast, reference = layer(x), layer.conv(x)
+    fast_loss = tf.reduce_sum(fast * fast)
+    reference_loss = tf.reduce_sum(reference * reference)
+  np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-6, atol=1e-6)
+  for source in (x, layer.conv.kernel, layer.conv.bias):
+    np.testing.assert_allclose(
+        tape.gradient(fast_loss, source).numpy(),
+        tape.gradient(reference_loss, source).numpy(),
+        rtol=1e-5, atol=1e-5)
