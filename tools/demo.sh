@@ -44,7 +44,8 @@ if [[ ! -f $TFR/dataset_info.json ]] || ! ls "$TFR"/val-*.tfrecord >/dev/null 2>
     $PY data/build_coco_tfrecord.py --image_dir="$RAW/$split" \
         --panoptic_json="$RAW/annotations/panoptic_$split.json" \
         --panoptic_dir="$RAW/annotations/panoptic_$split" \
-        --output_dir="$TFR" --split="$split" --num_shards=2 --num_workers=2
+        --output_dir="$TFR" --split="$split" --num_shards=2 --num_workers=2 \
+        --dataset_name=synthetic
   done
 fi
 
