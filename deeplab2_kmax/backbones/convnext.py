@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from deeplab2_kmax.layers import drop_path
+from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
 
 CONVNEXT_PRESETS = {
@@ -48,7 +49,7 @@ def _layer_norm(name):
 
 
 def _gelu(x):
-  return keras.activations.gelu(x, approximate=False)
+  return normalization.gelu(x)
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")

@@ -8,6 +8,7 @@ bindable) and call `batch_norm(norm_config, ...)` to build their norm layers.
 from typing import Any, Mapping, Optional
 
 import keras
+from keras import ops
 
 DEFAULT_NORM_CONFIG = {"momentum": 0.99, "epsilon": 1e-3, "synchronized": False}
 
@@ -51,10 +52,17 @@ def batch_norm(norm_config: Optional[Mapping[str, Any]] = None,
 def get_activation(name: Optional[str]):
   """Maps an activation name ('relu', 'gelu', 'none'/None, ...) to a function.
 
-  'gelu' is the exact (erf) GeLU, as in deeplab2.
+  'gelu' is the exact (erf) GeLU, as in deeplab2, written as 0.5·x·(1 + erf(x/√2)):
+  TensorFlow's own exact GeLU goes through `erfc`, which has no vectorized CPU kernel
+  and took twice as long (19 vs 9 ms on a 161×161×256 map; equal to 1e-6).
   """
   if name is None or name == "none":
     return lambda x: x
   if name == "gelu":
-    return lambda x: keras.activations.gelu(x, approximate=False)
+    return gelu
   return keras.activations.get(name)
+
+
+def gelu(x):
+  """Exact GeLU, 0.5·x·(1 + erf(x/√2))."""
+  return 0.5 * x * (1.0 + ops.erf(x * 0.7071067811865476))
