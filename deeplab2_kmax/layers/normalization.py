@@ -40,13 +40,76 @@ def batch_norm(norm_config: Optional[Mapping[str, Any]] = None,
     name: layer name.
   """
   config = resolve_norm_config(norm_config)
-  return keras.layers.BatchNormalization(
+  return BatchNormalization(
       axis=axis,
       momentum=config["momentum"],
       epsilon=config["epsilon"],
       synchronized=config["synchronized"],
       gamma_initializer=gamma_initializer,
       name=name)
+
+
+@keras.saving.register_keras_serializable(package="deeplab2_kmax")
+class BatchNormalization(keras.layers.BatchNormalization):
+  """keras.layers.BatchNormalization whose training step uses TF's fused kernel.
+
+  Same variables (gamma, beta, moving_mean, moving_variance), config, outputs,
+  gradients and moving-statistics updates as the Keras layer. Only the training-mode
+  forward differs, and only on the TensorFlow backend without synchronization:
+  Keras 3 computes it as moments + elementwise ops, whose backward is a dozen
+  elementwise passes over every activation and keeps several activation-sized
+  intermediates alive until the backward; TF's FusedBatchNormV3 (what tf.keras 2 and
+  deeplab2 used) does the forward in one kernel and its gradient in another, saving
+  only the batch mean and inverse standard deviation. Anything else (synchronized BN,
+  masks, renorm, no scale/center, other backends such as JAX) takes the Keras path.
+  """
+
+  def _use_fused(self, inputs, training, mask) -> bool:
+    return (bool(training) and self.trainable and mask is None
+            and not self.synchronized and not self.renorm
+            and self.scale and self.center
+            # The fused op exists only in TensorFlow: the one backend check of the
+            # model layers, for the training speed/memory of the TF trainer.
+            and keras.backend.backend() == "tensorflow"
+            and inputs.shape.rank is not None and inputs.shape.rank >= 2
+            and self.axis in (1, inputs.shape.rank - 1, -1))
+
+  def call(self, inputs, training=None, mask=None):
+    if not self._use_fused(inputs, training, mask):
+      return super().call(inputs, training=training, mask=mask)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    rank = inputs.shape.rank
+    x = tf.cast(inputs, tf.float32)  # as Keras: statistics in float32
+    axis = self.axis % rank
+    data_format = "NHWC"
+    if rank != 4:  # any rank with the channels last is [1, 1, pixels, channels]
+      if axis != rank - 1:
+        x = tf.experimental.numpy.moveaxis(x, axis, -1)
+      x4 = tf.reshape(x, [1, 1, -1, tf.shape(x)[-1]])
+    else:
+      x4 = x
+      if axis == 1:
+        data_format = "NCHW"
+    y, mean, unbiased_variance = tf.compat.v1.nn.fused_batch_norm(
+        x4, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+        epsilon=self.epsilon, data_format=data_format, is_training=True)
+    if rank != 4:
+      y = tf.reshape(y, tf.shape(x))
+      if axis != rank - 1:
+        y = tf.experimental.numpy.moveaxis(y, -1, axis)
+    # The op returns the Bessel-corrected variance; Keras (and the normalization
+    # itself) uses the biased one for the moving variance.
+    count = tf.cast(tf.size(x4) // tf.shape(x4)[3 if data_format == "NHWC" else 1],
+                    tf.float32)
+    variance = unbiased_variance * tf.math.divide_no_nan(count - 1.0, count)
+    variance = tf.where(count > 1.0, variance, unbiased_variance * 0.0)
+    momentum = self.momentum
+    self.moving_mean.assign(
+        tf.cast(self.moving_mean, tf.float32) * momentum + mean * (1.0 - momentum))
+    self.moving_variance.assign(
+        tf.cast(self.moving_variance, tf.float32) * momentum +
+        variance * (1.0 - momentum))
+    return tf.cast(y, self.compute_dtype)
 
 
 def get_activation(name: Optional[str]):

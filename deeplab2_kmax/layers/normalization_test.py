@@ -25,3 +25,79 @@ def test_activations():
   gelu = np.asarray(normalization.get_activation("gelu")(x))
   np.testing.assert_allclose(gelu, [-0.158655, 0.0, 1.954500], atol=1e-5)  # exact erf
   np.testing.assert_array_equal(normalization.get_activation(None)(x), x)
+
+
+def _paired_layers(shape, axis, rng):
+  """Our BN and keras.layers.BatchNormalization with the same random weights."""
+  import keras  # pylint: disable=g-import-not-at-top
+  ours = normalization.batch_norm({"momentum": 0.9}, axis=axis)
+  ref = keras.layers.BatchNormalization(axis=axis, momentum=0.9, epsilon=1e-3)
+  channels = shape[axis]
+  gamma = rng.normal(1.0, 0.3, channels).astype("float32")
+  beta = rng.normal(0.0, 0.3, channels).astype("float32")
+  for layer in (ours, ref):
+    layer.build(shape)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    layer.moving_mean.assign(beta)
+    layer.moving_variance.assign(gamma ** 2)
+  return ours, ref
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 9, 7, 5), -1), ((2, 5, 9, 7), 1),
+                                        ((2, 6, 5), -1), ((2, 4, 6), 1),
+                                        ((3, 5), -1), ((1, 1, 1, 4), -1)])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_training_path_matches_keras(shape, axis, compiled):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  ours, ref = _paired_layers(shape, axis, rng)
+  x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+  upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+
+  def step(layer):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+      loss = tf.reduce_sum(y * upstream)
+    return [y] + tape.gradient(loss, [x, layer.gamma, layer.beta])
+
+  results = []
+  for layer in (ours, ref):
+    fn = tf.function(lambda l=layer: step(l)) if compiled else (lambda l=layer: step(l))
+    out = fn()
+    out += [tf.identity(layer.moving_mean), tf.identity(layer.moving_variance),
+            layer(x, training=False)]
+    results.append(out)
+  assert ours._use_fused(x, True, None)  # pylint: disable=protected-access
+  for got, want in zip(*results):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_layer_keeps_keras_layout():
+  import keras  # pylint: disable=g-import-not-at-top
+  bn = normalization.batch_norm(name="bn", gamma_initializer="zeros")
+  bn.build((None, 4, 4, 3))
+  ref = keras.layers.BatchNormalization(name="bn", momentum=0.99, epsilon=1e-3,
+                                        gamma_initializer="zeros")
+  ref.build((None, 4, 4, 3))
+  assert isinstance(bn, keras.layers.BatchNormalization)
+  assert [v.path for v in bn.weights] == [v.path for v in ref.weights]
+  assert bn.get_config() == ref.get_config()
+  assert (bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance) == tuple(bn.weights)
+  clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(bn))
+  assert type(clone) is type(bn) and clone.get_config() == bn.get_config()
+
+
+def test_fallbacks_use_keras_path():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = tf.ones((2, 3, 4, 5))
+  sync = normalization.batch_norm({"synchronized": True})
+  sync.build(x.shape)
+  assert not sync._use_fused(x, True, None)  # pylint: disable=protected-access
+  plain = normalization.batch_norm(axis=2)
+  plain.build(x.shape)
+  assert not plain._use_fused(x, True, None)  # pylint: disable=protected-access
+  plain.trainable = False  # frozen BN runs in inference mode, as in Keras
+  assert not plain._use_fused(x, True, None)  # pylint: disable=protected-access
+  assert not normalization.batch_norm()._use_fused(x, False, None)  # pylint: disable=protected-access
