@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
+from deeplab2_kmax.layers import bn_folding
 from deeplab2_kmax.layers import normalization
 
 
@@ -100,7 +101,7 @@ class ConvBN(keras.layers.Layer):
     taps = [(i, j) for i in rows for j in cols]
     return taps if len(taps) == 1 else None
 
-  def _atrous_conv(self, x, taps):
+  def _atrous_conv(self, x, taps, kernel):
     c, d = self.kernel_size // 2, self.dilation_rate
     height, width = x.shape[1], x.shape[2]
     pad_h = max(abs(i - c) for i, _ in taps) * d
@@ -110,7 +111,6 @@ class ConvBN(keras.layers.Layer):
     views = [x[:, pad_h + (i - c) * d:pad_h + (i - c) * d + height,
                pad_w + (j - c) * d:pad_w + (j - c) * d + width, :]
              for i, j in taps]
-    kernel = self.conv.kernel
     weights = ops.concatenate([kernel[i:i + 1, j:j + 1] for i, j in taps], axis=2)
     patches = views[0] if len(views) == 1 else ops.concatenate(views, axis=-1)
     y = ops.conv(patches, ops.cast(weights, patches.dtype), strides=1,
@@ -122,12 +122,23 @@ class ConvBN(keras.layers.Layer):
   def call(self, x, training=False):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
+    # At inference the BN is folded into the kernel (bn_folding): one fused bias add
+    # instead of the BN's separate multiply and add over the whole activation.
+    affine = (bn_folding.folded_affine(self.bn, training)
+              if self.bn is not None else None)
+    kernel = self.conv.kernel
+    if affine is not None:
+      kernel = ops.cast(kernel, "float32") * affine[0]
     taps = self._atrous_taps(x)
     if taps is not None:
-      x = self._atrous_conv(x, taps)
+      x = self._atrous_conv(x, taps, kernel)
+    elif affine is not None:
+      x = self.conv.convolution_op(x, ops.cast(kernel, x.dtype))
     else:
       x = self.conv(x)
-    if self.bn is not None:
+    if affine is not None:
+      x = x + ops.cast(affine[1], x.dtype)
+    elif self.bn is not None:
       x = self.bn(x, training=training)
     return self._act(x)
 
@@ -192,9 +203,18 @@ class DepthwiseSeparableConv(keras.layers.Layer):
   def call(self, x, training=False):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
-    x = self.depthwise(x)
-    if self.depthwise_bn is not None:
-      x = self.depthwise_bn(x, training=training)
+    affine = (bn_folding.folded_affine(self.depthwise_bn, training)
+              if self.depthwise_bn is not None else None)
+    if affine is not None:  # inference: BN folded into the depthwise kernel
+      kernel = ops.cast(self.depthwise.kernel, "float32") * affine[0][:, None]
+      x = ops.depthwise_conv(
+          x, ops.cast(kernel, x.dtype), strides=self.strides,
+          padding="same" if self.strides == 1 else "valid",
+          dilation_rate=self.dilation_rate) + ops.cast(affine[1], x.dtype)
+    else:
+      x = self.depthwise(x)
+      if self.depthwise_bn is not None:
+        x = self.depthwise_bn(x, training=training)
     x = self._act(x)
     return self.pointwise(x, training=training)
 
@@ -258,9 +278,15 @@ class DenseBN(keras.layers.Layer):
       self.bn.build(tuple(input_shape[:-1]) + (self.units,))
 
   def call(self, x, training=False):
-    x = self.dense(x)
-    if self.bn is not None:
-      x = self.bn(x, training=training)
+    affine = (bn_folding.folded_affine(self.bn, training)
+              if self.bn is not None else None)
+    if affine is not None:  # inference: BN folded into the kernel
+      kernel = ops.cast(self.dense.kernel, "float32") * affine[0]
+      x = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(affine[1], x.dtype)
+    else:
+      x = self.dense(x)
+      if self.bn is not None:
+        x = self.bn(x, training=training)
     return self._act(x)
 
   def compute_output_shape(self, input_shape):
