@@ -38,11 +38,18 @@ class ImageSegments:
 
 @dataclasses.dataclass
 class PQCounts:
-  """Per-category accumulators (arrays of length K + 1, last = unknown categories)."""
+  """Per-category accumulators (arrays of length K + 1, last = unknown categories).
+
+  `image_counts` also keeps its matches (category, IoU) in panopticapi's order (gt id,
+  then pred id): `add_image` adds those one by one to the running IoU sums, so a total
+  built image after image has the very same float rounding as panopticapi's loop.
+  """
   tp: np.ndarray
   fp: np.ndarray
   fn: np.ndarray
   iou: np.ndarray
+  match_categories: Optional[np.ndarray] = None
+  match_ious: Optional[np.ndarray] = None
 
   @classmethod
   def zeros(cls, num_categories: int) -> "PQCounts":
@@ -55,6 +62,17 @@ class PQCounts:
     self.fp += other.fp
     self.fn += other.fn
     self.iou += other.iou
+    return self
+
+  def add_image(self, image: "PQCounts") -> "PQCounts":
+    """Adds one image's counts, its IoUs one at a time in panopticapi's order."""
+    self.tp += image.tp
+    self.fp += image.fp
+    self.fn += image.fn
+    if image.match_categories is None:
+      self.iou += image.iou
+    else:  # np.add.at is unbuffered: sequential sums, like `iou += x` per match
+      np.add.at(self.iou, image.match_categories, image.match_ious)
     return self
 
 
@@ -74,8 +92,13 @@ def intersection_matrix(gt_labels: np.ndarray, pred_labels: np.ndarray, num_gt: 
 
 
 def image_counts(inter: np.ndarray, segments: ImageSegments, num_categories: int,
-                 pred_area: Optional[np.ndarray] = None) -> PQCounts:
-  """PQ counts of one image from its intersection matrix (see `intersection_matrix`)."""
+                 pred_area: Optional[np.ndarray] = None,
+                 gt_ids: Optional[Sequence[int]] = None) -> PQCounts:
+  """PQ counts of one image from its intersection matrix (see `intersection_matrix`).
+
+  gt_ids: the PNG ids of the gt segments when their rows are not in increasing id order
+  (the order in which panopticapi adds the IoUs of the matches).
+  """
   num_gt = len(segments.gt_category)
   num_pred = len(segments.pred_category)
   counts = PQCounts.zeros(num_categories)
@@ -101,10 +124,14 @@ def image_counts(inter: np.ndarray, segments: ImageSegments, num_categories: int
     gi, pi = np.nonzero(match)
     gt_matched[gi] = True
     pred_matched[pi] = True
+    if gt_ids is not None:  # a gt segment has at most one match: sort by gt id
+      order = np.argsort(np.asarray(gt_ids, np.int64)[gi], kind="stable")
+      gi, pi = gi[order], pi[order]
     cats = gt_cat[gi]
     counts.tp += np.bincount(cats, minlength=k1)
-    # Sum in the row-major order panopticapi uses (gt id, then pred id).
-    np.add.at(counts.iou, cats, iou[gi, pi])
+    counts.match_categories = cats
+    counts.match_ious = iou[gi, pi]
+    np.add.at(counts.iou, cats, counts.match_ious)
 
   fn_mask = ~gt_matched & ~crowd
   counts.fn += np.bincount(gt_cat[fn_mask], minlength=k1)
