@@ -325,3 +325,84 @@ def test_random_images_match_an_independent_reference(tmp_path):
     expected = c["iou"] / denom if denom else 0.0
     assert r["per_class"][str(cid)]["pq"] == pytest.approx(expected, abs=1e-12), cid
   assert sum(c["tp"] + c["fp"] + c["fn"] > 0 for c in ref.values()) == r["All"]["n"]
+
+
+def _random_pairs(rng, num_images, shuffle_json=False):
+  images = []
+  for _ in range(num_images):
+    gt = rng.choice([0, 11, 12, 13, 14, 15, 300, 70000], size=(14, 18))
+    gt[2:10, 3:15] = rng.choice([12, 300, 70000])
+    pred = gt.copy()
+    noise = rng.random(gt.shape) < 0.2
+    pred[noise] = rng.choice([0, 21, 22, 65793], size=int(noise.sum()))
+    gsegs = [(int(s), int(rng.choice([1, 2, 7])), int(rng.random() < 0.2))
+             for s in np.unique(gt) if s]
+    cat_of = dict((s, c) for s, c, _ in gsegs)
+    psegs = [(int(s), cat_of.get(int(s), int(rng.choice([1, 2, 7]))), 0)
+             for s in np.unique(pred) if s]
+    if shuffle_json:  # JSON order is not id order: IoUs must still add in id order
+      gsegs = [gsegs[i] for i in rng.permutation(len(gsegs))]
+      psegs = [psegs[i] for i in rng.permutation(len(psegs))]
+    images.append((gt.astype(np.uint32), gsegs, pred.astype(np.uint32), psegs))
+  return images
+
+
+def test_iou_sums_are_bit_identical_to_a_sequential_reference(tmp_path):
+  images = _random_pairs(np.random.default_rng(5), 24, shuffle_json=True)
+  gj, gf = _write(tmp_path, "gt", [(g, gs) for g, gs, _, _ in images])
+  pj, pf = _write(tmp_path, "pred", [(p, ps) for _, _, p, ps in images])
+  ref = _reference_counts(images, CATS)  # panopticapi's loop: iou += per match, in order
+  for workers in (1, 2, 3):
+    r = pqm.pq_compute(gj, pj, gf, pf, num_workers=workers, progress=False)
+    for cid, c in ref.items():
+      denom = c["tp"] + 0.5 * c["fp"] + 0.5 * c["fn"]
+      assert r["per_class"][str(cid)]["pq"] == (c["iou"] / denom if denom else 0.0)
+      assert r["per_class"][str(cid)]["sq"] == (c["iou"] / c["tp"] if c["tp"] else 0.0)
+
+
+def test_threads_compiled_and_fallback_paths_give_identical_results(tmp_path, monkeypatch):
+  from evaluation import png_decode  # pylint: disable=g-import-not-at-top
+  images = _random_pairs(np.random.default_rng(6), 13)
+  gj, gf = _write(tmp_path, "gt", [(g, gs) for g, gs, _, _ in images])
+  pj, pf = _write(tmp_path, "pred", [(p, ps) for _, _, p, ps in images])
+  results = [pqm.pq_compute(gj, pj, gf, pf, num_workers=w, progress=False)
+             for w in (1, 2, 5)]
+  monkeypatch.setattr(png_decode, "numba", None)  # Pillow decode + numpy counting
+  monkeypatch.setattr(png_decode, "AVAILABLE", False)
+  assert png_decode.decode_ids((tmp_path / "gt" / "0.png").read_bytes()) is None
+  results += [pqm.pq_compute(gj, pj, gf, pf, num_workers=w, progress=False) for w in (1, 2)]
+  assert all(r == results[0] for r in results[1:])
+  assert results[0]["All"]["n"] == 3
+
+
+def test_pair_counts_compiled_kernel_equals_numpy():
+  from evaluation import png_decode, pq_files  # pylint: disable=g-import-not-at-top
+  if not png_decode.AVAILABLE:
+    pytest.skip("numba not installed")
+  rng = np.random.default_rng(7)
+  ws = pq_files.Workspace()
+  for _ in range(5):
+    gt = rng.choice([0, 4, 9, (1 << 24) - 1, 77], size=(13, 17)).astype(np.uint32)
+    pred = rng.choice([0, 4, 5, 123456], size=(13, 17)).astype(np.uint32)
+    gt[:, :6] = 9  # long runs of one pair
+    for gt_keys, pred_keys in (([9, 4, (1 << 24) - 1], [5, 4, 123456]), ([], [4])):
+      compiled = ws.pair_counts(gt, pred, gt_keys, pred_keys, compiled=True)
+      plain = ws.pair_counts(gt, pred, gt_keys, pred_keys, compiled=False)
+      np.testing.assert_array_equal(compiled, plain)
+      assert compiled.sum() == gt.size
+  assert not ws.rows.any() and not ws.cols.any()  # tables reset after each image
+
+
+def test_threads_report_the_first_bad_image_in_order(tmp_path):
+  good = (_grid([[5, 5], [0, 0]]), [(5, 1, 0)])
+  pred_ok = (_grid([[9, 9], [0, 0]]), [(9, 1, 0)])
+  pred_unlisted = (_grid([[9, 9], [8, 0]]), [(9, 1, 0)])
+  gts = [good] * 40
+  preds = [pred_ok] * 40
+  preds[23] = (pred_unlisted[0] * 0 + 7, [(9, 1, 0)])
+  preds[31] = pred_unlisted
+  gj, gf = _write(tmp_path, "gt", gts)
+  pj, pf = _write(tmp_path, "pred", preds)
+  for workers in (1, 2, 4):
+    with pytest.raises(pqm.PanopticFormatError, match="image with ID 23 segment with ID 7"):
+      pqm.pq_compute(gj, pj, gf, pf, num_workers=workers, progress=False)
