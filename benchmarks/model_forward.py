@@ -2,6 +2,7 @@
 
     python benchmarks/model_forward.py [--gin_file=configs/coco/kmax_r50.gin]
         [--sizes=641,1281] [--repeats=10] [--modes=graph,xla] [--post_process]
+        [--dtype_policy=float32|mixed_bfloat16]
 
 Prints one JSON line per (size, mode): the median (and min) wall time of
 `model(x, training=False)` for one random image (batch 1) inside a `tf.function`
@@ -41,7 +42,10 @@ flags.DEFINE_bool("post_process", False, "Time forward + mask-wise merge.")
 flags.DEFINE_bool("xla_post_process", False, "Also time forward + merge under XLA "
                   "(off by default: no target, and compiling the merge is slow).")
 flags.DEFINE_integer("num_classes", 133, "Classes (COCO 133).")
-flags.DEFINE_integer("matmul_size", 2048, "Side of the reference float32 matmul.")
+flags.DEFINE_integer("matmul_size", 2048, "Side of the reference matmul.")
+flags.DEFINE_string("dtype_policy", "float32",
+                    "Keras dtype policy of the model (build_model.dtype_policy): "
+                    "float32, or mixed_bfloat16 (oneDNN bf16 kernels; graph mode only).")
 
 # deeplab2 (TF 2.15.1, random weights, 2-core Zen 5) — shared/spec/TARGETS.md.
 DEEPLAB2_SECONDS = {
@@ -73,9 +77,9 @@ def _block(outputs):
   tf.reshape(smallest, [-1])[:1].numpy()
 
 
-def matmul_gflops(size: int, repeats: int) -> float:
-  a = tf.random.normal((size, size))
-  b = tf.random.normal((size, size))
+def matmul_gflops(size: int, repeats: int, dtype=tf.float32) -> float:
+  a = tf.cast(tf.random.normal((size, size)), dtype)
+  b = tf.cast(tf.random.normal((size, size)), dtype)
   fn = tf.function(tf.linalg.matmul)
   median, _ = _median_time(fn, (a, b), max(repeats, 3), 2)
   return 2.0 * size ** 3 / median / 1e9
@@ -87,7 +91,8 @@ def build_model():
   model_stats.register_configurables()
   gin.add_config_file_search_path(model_stats.REPO_ROOT)
   gin.parse_config_files_and_bindings([FLAGS.gin_file], FLAGS.gin_bindings)
-  model = model_lib.build_model(num_classes=FLAGS.num_classes)
+  model = model_lib.build_model(num_classes=FLAGS.num_classes,
+                                dtype_policy=FLAGS.dtype_policy)
   model(np.zeros((1, 65, 65, 3), "float32"), training=False)
   return model
 
@@ -106,9 +111,13 @@ def make_forward(model, size, mode, merger):
 def main(argv):
   del argv
   from deeplab2_kmax.tools import model_stats  # pylint: disable=g-import-not-at-top
-  matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats)
+  # The reference matmul runs in the model's compute dtype (bfloat16 for
+  # mixed_bfloat16), so fraction_of_matmul compares like with like.
+  matmul_dtype = "bfloat16" if "bfloat16" in FLAGS.dtype_policy else "float32"
+  matmul = matmul_gflops(FLAGS.matmul_size, FLAGS.repeats, tf.as_dtype(matmul_dtype))
   print(json.dumps({"bench": "matmul", "size": FLAGS.matmul_size,
-                    "gflops_per_s": round(matmul, 1)}), flush=True)
+                    "dtype": matmul_dtype, "gflops_per_s": round(matmul, 1)}),
+        flush=True)
   model = build_model()
   merger = None
   if FLAGS.post_process:
@@ -125,7 +134,8 @@ def main(argv):
     images = tf.random.uniform((1, size, size, 3), 0, 255, seed=0)
     for mode in FLAGS.modes:
       record = {"bench": "model_forward", "gin_file": FLAGS.gin_file, "size": size,
-                "batch": 1, "mode": mode, "post_process": FLAGS.post_process,
+                "batch": 1, "mode": mode, "dtype_policy": FLAGS.dtype_policy,
+                "post_process": FLAGS.post_process,
                 "repeats": FLAGS.repeats, "gmacs": round(macs / 1e9, 2),
                 "matmul_gflops_per_s": round(matmul, 1)}
       if mode == "xla" and merger is not None and not FLAGS.xla_post_process:

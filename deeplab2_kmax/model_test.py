@@ -256,3 +256,28 @@ def test_build_model_from_a_config_in_a_fresh_process():
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ["resnet50", "8"]
+
+
+def test_bfloat16_policy_model_shares_checkpoints_and_outputs_float32(tmp_path):
+  kwargs = dict(backbone="resnet50",
+                backbone_kwargs={"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
+                                 "stem_width_multiplier": 0.25}, **TINY)
+  fp32 = model_lib.build_model(num_classes=3, **kwargs)
+  bf16 = model_lib.build_model(num_classes=3, dtype_policy="mixed_bfloat16", **kwargs)
+  assert keras.config.dtype_policy().name == "float32"  # global policy restored
+  images = _images(batch=1, size=65)
+  ref = fp32(images, training=False)
+  bf16(images, training=False)
+  assert bf16.compute_dtype == "bfloat16"
+  assert all(w.dtype == "float32" for w in bf16.weights)  # same checkpoint layout
+  path = tf.train.Checkpoint(model=fp32).write(str(tmp_path / "ckpt"))
+  tf.train.Checkpoint(model=bf16).read(path).assert_existing_objects_matched()
+  out = bf16(images, training=False)
+  for key in ("class_logits", "mask_logits", "pixel_embeddings"):
+    assert out[key].dtype == "float32"
+    scale = float(np.abs(np.asarray(ref[key])).max())
+    err = float(np.abs(np.asarray(out[key]) - np.asarray(ref[key])).max())
+    assert err <= 0.05 * scale + 1e-3, (key, err, scale)  # bf16: 8 mantissa bits
+  # Lazily built sub-layers took the model's policy too.
+  policies = {layer.dtype_policy.name for layer in bf16._flatten_layers()}  # pylint: disable=protected-access
+  assert policies == {"mixed_bfloat16"}, policies

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
+from deeplab2_kmax.layers import bn_folding
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import normalization
@@ -107,6 +108,9 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
       self.value_rpe_bn.build((None, None, self.value_depth))
 
   def call(self, x, training=False):
+    if not any(bn_folding.uses_batch_statistics(bn, training)
+               for bn in self._batch_norms()):
+      return self._folded_call(x)
     length = ops.shape(x)[1]
     heads = self.num_heads
     dk = self.key_depth // heads
@@ -146,6 +150,61 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
           ops.reshape(rpe_out, (-1, length, self.value_depth)), training=training)
       out = out + rpe_out
     return out
+
+  def _batch_norms(self):
+    bns = [self.qkv_bn, self.content_bn] + list(self.similarity_bns)
+    return bns + ([self.value_rpe_bn] if self.value_rpe_bn is not None else [])
+
+  def _folded_call(self, x):
+    """Inference with every BN folded (bn_folding), equal to `call` up to rounding.
+
+    qkv BN → into the projection kernel and a bias; content BN → its scale into the
+    value columns of that kernel (the attention weights are linear in v) and its shift
+    into the output bias; similarity BNs → their per-head scales into q resp. k, and
+    their shifts dropped: constant along the softmax axis, they cancel in it.
+    """
+    length = ops.shape(x)[1]
+    heads = self.num_heads
+    dk = self.key_depth // heads
+    dv = self.value_depth // heads
+    dtype = x.dtype
+    qkv_scale, qkv_shift = bn_folding.folded_affine(self.qkv_bn, False)
+    content_scale, content_shift = bn_folding.folded_affine(self.content_bn, False)
+    ones = ops.ones((2 * self.key_depth,), "float32")
+    column_scale = qkv_scale * ops.concatenate([ones, content_scale], axis=0)
+    column_shift = qkv_shift * ops.concatenate([ones, content_scale], axis=0)
+    kernel = ops.cast(self.qkv_kernel, "float32") * column_scale
+    qkv = (ops.einsum("blc,cd->bld", x, ops.cast(kernel, dtype)) +
+           ops.cast(column_shift, dtype))
+    q = ops.reshape(qkv[..., :self.key_depth], (-1, length, heads, dk))
+    k = ops.reshape(qkv[..., self.key_depth:2 * self.key_depth], (-1, length, heads, dk))
+    v = ops.reshape(qkv[..., 2 * self.key_depth:], (-1, length, heads, dv))
+    head_scales = [ops.cast(bn_folding.folded_scale(bn, False), dtype)[:, None]
+                   for bn in self.similarity_bns]  # [heads, 1] each
+    logits = ops.einsum("blhd,bmhd->bhlm", q * head_scales[0], k)
+    index = None
+    if self._num_terms > 1 or self.use_value_rpe:
+      index = relative_distance_index(length, self.max_span)
+    term = 1
+    if self.use_query_rpe:
+      rel = ops.take(ops.cast(self.query_rpe, dtype), index, axis=0)  # [L, M, dk]
+      logits = logits + ops.einsum("blhd,lmd->bhlm", q * head_scales[term], rel)
+      term += 1
+    if self.use_key_rpe:
+      rel = ops.take(ops.cast(self.key_rpe, dtype), index, axis=0)
+      logits = logits + ops.einsum("bmhd,lmd->bhlm", k * head_scales[term], rel)
+    weights = ops.softmax(logits, axis=-1)
+    out = ops.reshape(ops.einsum("bhlm,bmhd->blhd", weights, v),
+                      (-1, length, self.value_depth))
+    shift = content_shift
+    if self.use_value_rpe:
+      rpe_scale, rpe_shift = bn_folding.folded_affine(self.value_rpe_bn, False)
+      rel = ops.take(ops.cast(self.value_rpe, dtype), index, axis=0)  # [L, M, dv]
+      rpe_out = ops.reshape(ops.einsum("bhlm,lmd->blhd", weights, rel),
+                            (-1, length, self.value_depth))
+      out = out + rpe_out * ops.cast(rpe_scale, dtype)
+      shift = shift + rpe_shift
+    return out + ops.cast(shift, dtype)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.value_depth,)

@@ -119,3 +119,21 @@ def test_get_config_round_trip(cls, kwargs, shape):
   assert clone.get_config() == layer.get_config()
   clone.set_weights(layer.get_weights())
   np.testing.assert_allclose(np.asarray(clone(x)), np.asarray(y), atol=1e-6)
+
+
+@pytest.mark.parametrize("rpe", [(True, True, True), (False, True, False),
+                                 (True, False, True), (False, False, False)])
+def test_folded_inference_equals_unfolded_bn_path(rpe, monkeypatch):
+  rng = np.random.default_rng(5)
+  layer = axial_attention.AxialAttention1D(
+      8, 16, num_heads=2, max_span=5, use_query_rpe=rpe[0], use_key_rpe=rpe[1],
+      use_value_rpe=rpe[2])
+  x = rng.normal(size=(2, 9, 6)).astype("float32")
+  layer(x)
+  _randomize_bn(layer, rng)
+  folded = np.asarray(layer(x, training=False))
+  # Route inference through the per-BN path (each BN with its moving statistics).
+  monkeypatch.setattr(axial_attention.bn_folding, "uses_batch_statistics",
+                      lambda bn, training: True)
+  unfolded = np.asarray(layer(x, training=False))
+  np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4)
