@@ -98,10 +98,13 @@ def build_model():
 
 
 def make_forward(model, size, mode, merger):
-  # Return every model output, so that graph pruning cannot skip any of them (the
-  # deeplab2 baseline returns its whole inference dict); with the merge, its maps too.
+  # Return every inference output, so that graph pruning cannot skip any of them: the
+  # deeplab2 baseline returns its whole inference dict, which (deeplab2
+  # kmax_deeplab._inference) leaves out the per-layer aux outputs; with the merge,
+  # its maps too.
   def forward(images):
     outputs = model(images, training=False)
+    outputs = {k: v for k, v in outputs.items() if k != "aux_outputs"}
     if merger is not None:
       outputs = dict(outputs, merged=merger(outputs, output_size=(size, size)))
     return outputs

@@ -10,8 +10,11 @@ the five-stage Cityscapes decoder), Hs = ceil(H / s) for `32k + 1` inputs:
   "pixel_embeddings"    [B, Hs, Ws, D]  L2-normalized
   "semantic_logits"     [B, H/4, W/4, C]  only when training=True
   "aux_outputs"         one dict per k-means decoder layer with class_logits,
-                        mask_logits and pixel_embeddings resized (align corners) to
-                        the final [Hs, Ws]
+                        mask_logits and pixel_embeddings; in training resized (align
+                        corners) to the final [Hs, Ws] for the losses, at inference
+                        left at the layer's own resolution (deeplab2 resizes them in
+                        training only and drops them from its inference outputs;
+                        resizing six [Hs, Ws, N] maps costs ~8% of an R50 forward)
   "cluster_assignments" one int32 [B, h_l, w_l] argmax map per k-means decoder layer
 
 Tiny CPU configuration (what tests use; bind the same names in gin):
@@ -240,8 +243,9 @@ class KMaXDeepLab(keras.Model):
     aux_outputs = []
     for prediction in decoded["aux_predictions"]:
       aux = dict(prediction)
-      for key in _RESIZED_AUX_KEYS:
-        aux[key] = resize.resize_align_corners(aux[key], (size[0], size[1]))
+      if training:  # the losses compare them with the labels at the final size
+        for key in _RESIZED_AUX_KEYS:
+          aux[key] = resize.resize_align_corners(aux[key], (size[0], size[1]))
       aux_outputs.append(aux)
     outputs = dict(final)
     outputs["aux_outputs"] = aux_outputs

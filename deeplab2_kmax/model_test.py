@@ -71,6 +71,10 @@ def test_output_contract(tiny_model):
                              images / 127.5 - 1.0, atol=1e-6)
   inference = tiny_model(images, training=False)
   assert "semantic_logits" not in inference
+  # At inference the aux outputs stay at their decoder layer's resolution.
+  for aux, assignment in zip(inference["aux_outputs"],
+                             inference["cluster_assignments"]):
+    assert tuple(aux["mask_logits"].shape) == tuple(assignment.shape) + (16,)
   assert isinstance(tiny_model.semantic_branch, keras.layers.Layer)
   semantic_ids = {id(w) for w in tiny_model.semantic_branch.trainable_weights}
   assert semantic_ids and semantic_ids < {id(w) for w in tiny_model.trainable_weights}
