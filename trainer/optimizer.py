@@ -74,6 +74,13 @@ def uses_weight_decay(path: str, decay_pattern: str = DEFAULT_DECAY_PATTERN,
   return re.search(decay_pattern, path) is not None
 
 
+def _plain_tf_variable(variable) -> bool:
+  """A single-device tf.Variable (not a tf.distribute one), float32."""
+  return (isinstance(variable, tf.Variable)
+          and not isinstance(variable, tf.distribute.DistributedValues)
+          and variable.dtype == tf.float32)
+
+
 class KMaXAdamW(keras.optimizers.Adam):
   """Adam with decoupled weight decay on kernels and a learning-rate multiplier per group.
 
@@ -137,7 +144,25 @@ class KMaXAdamW(keras.optimizers.Adam):
     lr = tf.cast(learning_rate, variable.dtype) * multiplier
     if decay and self.weight_decay_rate > 0.0:
       self.assign_sub(variable, variable * (lr * self.weight_decay_rate))
-    super().update_step(gradient, variable, lr)
+    index = self._get_variable_index(variable)
+    m, v = self._momentums[index].value, self._velocities[index].value
+    if self.amsgrad or not all(_plain_tf_variable(x) for x in (variable, m, v)):
+      super().update_step(gradient, variable, lr)
+      return
+    # TF's fused Adam kernel: the same update as keras.optimizers.Adam.update_step
+    # (m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    #  var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)) in one pass over the
+    # variable and its slots instead of ~12 elementwise ops (the optimizer was 0.37 s
+    # of a 4 s R50 step on CPU).
+    dtype = variable.dtype
+    local_step = tf.cast(self.iterations + 1, dtype)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=m.handle, v=v.handle,
+        beta1_power=tf.pow(tf.cast(self.beta_1, dtype), local_step),
+        beta2_power=tf.pow(tf.cast(self.beta_2, dtype), local_step),
+        lr=lr, beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
+        epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype),
+        use_locking=False, use_nesterov=False)
 
   def get_config(self):
     config = super().get_config()

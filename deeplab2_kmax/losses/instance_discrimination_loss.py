@@ -28,6 +28,41 @@ def _normalized_rows(x: tf.Tensor) -> tf.Tensor:
   return tf.math.l2_normalize(x, axis=-1)
 
 
+def gram_logsumexp(features: tf.Tensor, column_bias: tf.Tensor,
+                   temperature: float) -> tf.Tensor:
+  """lse_i = log sum_j exp(<f_i, f_j> / temperature + column_bias_j), [B, K].
+
+  The same values as `reduce_logsumexp(einsum(f / t, f) + bias)`, with a hand-written
+  gradient that keeps no [K, K] tensor between the forward and the backward pass:
+  the backward recomputes the logits (one matmul) and, since they are symmetric in
+  f, gets d/df = (G + G^T) (f / t) with G = upstream * softmax in one matmul (the
+  automatic gradient takes two, and keeps exp(logits) alive: 64 MiB per output and
+  image at K = 4096). `column_bias` gets no gradient.
+  """
+  features = tf.convert_to_tensor(features)
+  column_bias = tf.stop_gradient(tf.convert_to_tensor(column_bias))
+
+  def logits_of(feats):
+    scaled = feats / temperature
+    return scaled, (tf.einsum("bkd,bjd->bkj", scaled, feats) +
+                    column_bias[:, None, :])
+
+  @tf.custom_gradient
+  def forward(feats):
+    _, logits = logits_of(feats)
+    log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
+
+    def grad(upstream):
+      scaled, logits = logits_of(feats)
+      weighted = tf.exp(logits - log_normalizer[..., None]) * upstream[..., None]
+      symmetric = weighted + tf.transpose(weighted, [0, 2, 1])
+      return tf.einsum("bkj,bjd->bkd", symmetric, scaled)
+
+    return log_normalizer, grad
+
+  return forward(features)
+
+
 def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
                            sample_indices: tf.Tensor,
                            temperature: float = 0.3) -> tf.Tensor:
@@ -55,9 +90,8 @@ def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
   same_count = tf.einsum("bkm,bm->bk", onehot, segment_count)       # [B, K] = n_i
   own_sum = tf.einsum("bkm,bmd->bkd", onehot, segment_sum)          # [B, K, D]
   target_logit_sum = tf.reduce_sum(scaled * own_sum, axis=-1)       # sum_j same l
-  logits = tf.einsum("bkd,bjd->bkj", scaled, features)
-  logits = logits + (1.0 - sample_valid)[:, None, :] * _MASKED_LOGIT
-  log_normalizer = tf.reduce_logsumexp(logits, axis=-1)             # [B, K]
+  log_normalizer = gram_logsumexp(features, (1.0 - sample_valid) * _MASKED_LOGIT,
+                                  temperature)                      # [B, K]
   denominator = tf.maximum(same_count, 1.0)
   cross_entropy = (log_normalizer * (same_count / denominator) -
                    target_logit_sum / denominator)

@@ -110,3 +110,32 @@ def test_zero_segments_is_zero_and_gradient_finite():
   for loss in (contrastive, prototype):
     assert loss.numpy().tolist() == [0.0]
     assert np.all(np.isfinite(tape.gradient(loss, emb).numpy()))
+
+
+def test_gram_logsumexp_matches_autodiff_values_and_gradients():
+  from deeplab2_kmax.losses.instance_discrimination_loss import gram_logsumexp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  feats = tf.constant(rng.normal(size=(2, 9, 5)).astype(np.float32))
+  bias = tf.constant(np.where(rng.uniform(size=(2, 9)) < 0.3, -1e9, 0.0)
+                     .astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(2, 9)).astype(np.float32))
+
+  def reference(f):
+    logits = tf.einsum("bkd,bjd->bkj", f / TEMPERATURE, f) + bias[:, None, :]
+    return tf.reduce_logsumexp(logits, axis=-1)
+
+  for fn in (lambda f: gram_logsumexp(f, bias, TEMPERATURE), reference):
+    with tf.GradientTape() as tape:
+      tape.watch(feats)
+      value = fn(feats)
+      loss = tf.reduce_sum(value * upstream)
+    if fn is reference:
+      want = (value.numpy(), tape.gradient(loss, feats).numpy())
+    else:
+      got = (value.numpy(), tape.gradient(loss, feats).numpy())
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
+  compiled = tf.function(lambda f: tf.gradients(
+      tf.reduce_sum(gram_logsumexp(f, bias, TEMPERATURE) * upstream), f)[0],
+                         jit_compile=True)
+  np.testing.assert_allclose(compiled(feats).numpy(), want[1], rtol=1e-5, atol=1e-6)
