@@ -173,9 +173,9 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
     ones = ops.ones((2 * self.key_depth,), "float32")
     column_scale = qkv_scale * ops.concatenate([ones, content_scale], axis=0)
     column_shift = qkv_shift * ops.concatenate([ones, content_scale], axis=0)
-    kernel = ops.cast(self.qkv_kernel, "float32") * column_scale
-    qkv = (ops.einsum("blc,cd->bld", x, ops.cast(kernel, dtype)) +
-           ops.cast(column_shift, dtype))
+    # In the compute dtype: the kernel arrives autocast to it (mixed precision).
+    kernel = ops.cast(self.qkv_kernel, dtype) * ops.cast(column_scale, dtype)
+    qkv = ops.einsum("blc,cd->bld", x, kernel) + ops.cast(column_shift, dtype)
     q = ops.reshape(qkv[..., :self.key_depth], (-1, length, heads, dk))
     k = ops.reshape(qkv[..., self.key_depth:2 * self.key_depth], (-1, length, heads, dk))
     v = ops.reshape(qkv[..., 2 * self.key_depth:], (-1, length, heads, dv))

@@ -124,11 +124,11 @@ class ConvBN(keras.layers.Layer):
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
     # At inference the BN is folded into the kernel (bn_folding): one fused bias add
     # instead of the BN's separate multiply and add over the whole activation.
-    affine = (bn_folding.folded_affine(self.bn, training)
+    affine = (bn_folding.folded_affine(self.bn, training, x.dtype)
               if self.bn is not None else None)
     kernel = self.conv.kernel
     if affine is not None:
-      kernel = ops.cast(kernel, "float32") * affine[0]
+      kernel = ops.cast(kernel, x.dtype) * affine[0]
     taps = self._atrous_taps(x)
     if taps is not None:
       x = self._atrous_conv(x, taps, kernel)
@@ -203,10 +203,10 @@ class DepthwiseSeparableConv(keras.layers.Layer):
   def call(self, x, training=False):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
-    affine = (bn_folding.folded_affine(self.depthwise_bn, training)
+    affine = (bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
               if self.depthwise_bn is not None else None)
     if affine is not None:  # inference: BN folded into the depthwise kernel
-      kernel = ops.cast(self.depthwise.kernel, "float32") * affine[0][:, None]
+      kernel = ops.cast(self.depthwise.kernel, x.dtype) * affine[0][:, None]
       x = ops.depthwise_conv(
           x, ops.cast(kernel, x.dtype), strides=self.strides,
           padding="same" if self.strides == 1 else "valid",
@@ -278,10 +278,10 @@ class DenseBN(keras.layers.Layer):
       self.bn.build(tuple(input_shape[:-1]) + (self.units,))
 
   def call(self, x, training=False):
-    affine = (bn_folding.folded_affine(self.bn, training)
+    affine = (bn_folding.folded_affine(self.bn, training, x.dtype)
               if self.bn is not None else None)
     if affine is not None:  # inference: BN folded into the kernel
-      kernel = ops.cast(self.dense.kernel, "float32") * affine[0]
+      kernel = ops.cast(self.dense.kernel, x.dtype) * affine[0]
       x = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(affine[1], x.dtype)
     else:
       x = self.dense(x)
