@@ -94,11 +94,11 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] 
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   bar = tqdm(total=len(pairs), desc="PQ", unit="img", disable=not progress,
              file=sys.stderr)
+  warm_up()  # compile or load the kernels once, before any thread starts
   if num_workers == 1 or len(chunks) == 1:
     results = map(work, chunks)
     executor = None
   else:
-    warm_up()  # compile or load the kernels once, before the threads start
     executor = concurrent.futures.ThreadPoolExecutor(num_workers)
     results = executor.map(work, chunks)
   try:

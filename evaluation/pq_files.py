@@ -62,6 +62,7 @@ def read_id_png(path: str, out: Optional[np.ndarray] = None) -> np.ndarray:
 @png_decode.jit
 def _count_runs(gt, pred, rows, cols, counts):  # pragma: no cover - compiled
   """counts[rows[g] + cols[p]] += 1 per pixel, one table look-up per run of equal pairs."""
+  mask = np.uint32(ID_SPACE - 1)  # ids are 24-bit; the mask keeps any id in the tables
   last_g = gt[0]
   last_p = pred[0]
   run = 0
@@ -69,12 +70,12 @@ def _count_runs(gt, pred, rows, cols, counts):  # pragma: no cover - compiled
     g = gt[i]
     p = pred[i]
     if g != last_g or p != last_p:
-      counts[rows[last_g] + cols[last_p]] += run
+      counts[rows[last_g & mask] + cols[last_p & mask]] += run
       last_g = g
       last_p = p
       run = 0
     run += 1
-  counts[rows[last_g] + cols[last_p]] += run
+  counts[rows[last_g & mask] + cols[last_p & mask]] += run
 
 
 def warm_up():
