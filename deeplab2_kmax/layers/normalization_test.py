@@ -101,3 +101,30 @@ def test_fallbacks_use_keras_path():
   plain.trainable = False  # frozen BN runs in inference mode, as in Keras
   assert not plain._use_fused(x, True, None)  # pylint: disable=protected-access
   assert not normalization.batch_norm()._use_fused(x, False, None)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gelu_gradient_matches_autodiff(compiled):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  x = tf.constant(np.linspace(-6.0, 6.0, 241, dtype=np.float32).reshape(1, 241, 1))
+
+  def reference(v):
+    return 0.5 * v * (1.0 + tf.math.erf(v * 0.7071067811865476))
+
+  def value_and_grad(fn):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = fn(x)
+      loss = tf.reduce_sum(y * tf.cos(x))
+    return y, tape.gradient(loss, x)
+
+  run = tf.function(value_and_grad, jit_compile=True) if compiled else value_and_grad
+  got, want = run(normalization.gelu), value_and_grad(reference)
+  if compiled:  # XLA's erf is its own approximation
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), atol=2e-6)
+  else:  # the forward is the same expression
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+  np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got[0]),
+                             np.asarray(tf.nn.gelu(x, approximate=False)), atol=1e-6)
