@@ -68,6 +68,23 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert names == ["ckpt-3.index", "ckpt-6.index"]
 
 
+def test_step_traced_once_per_function_and_loop_means(tmp_path):
+  trainer = _trainer(tmp_path, 10, steps_per_loop=4, checkpoint_every=0)
+  traces = []
+  step = trainer._distributed_step  # pylint: disable=protected-access
+  trainer._distributed_step = lambda it: (traces.append(1), step(it))[1]  # pylint: disable=protected-access
+  iterator = trainer._setup(testing_utils.make_dataset())  # pylint: disable=protected-access
+  # first call: one step in the single-step function + 3 in the loop, averaged
+  means, last, done = trainer._run_loop(iterator, 4)  # pylint: disable=protected-access
+  assert int(done) == 4 and int(trainer.step.numpy()) == 4
+  assert np.isfinite(float(means["total"])) and set(means) == set(last)
+  for n in (4, 1, 3):
+    _, _, done = trainer._run_loop(iterator, n)  # pylint: disable=protected-access
+    assert int(done) == n
+  assert int(trainer.step.numpy()) == 12
+  assert len(traces) == 2, "the step must be traced once per tf.function"
+
+
 def _run_tiny(model_dir, steps, weights_out="", extra=()):
   cmd = [sys.executable, "-m", "trainer.testing_utils", f"--model_dir={model_dir}",
          f"--steps={steps}", f"--weights_out={weights_out}", *extra]
