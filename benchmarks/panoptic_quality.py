@@ -3,15 +3,16 @@ r"""Offline PQ speed: ours (evaluation.panoptic_quality) vs cocodataset/panoptic
   python benchmarks/panoptic_quality.py [--num_images=200] [--data_dir=/tmp/pq_bench]
 
 Writes synthetic Cityscapes-size (1024x512) ground-truth/prediction PNG + JSON pairs
-(~38 segments per image, crowd and void regions), then times our pq_compute (all
-CPUs) and, when panopticapi is importable (it is not on PyPI: put a checkout on
-PYTHONPATH, outside this repository), panopticapi's single-process
+(~38 segments per image, crowd and void regions), then times our pq_compute (one
+thread per CPU) and, when panopticapi is importable (it is not on PyPI: put a checkout
+on PYTHONPATH, outside this repository), panopticapi's single-process
 pq_compute_single_core on the same files, interleaved over --repeats runs (medians), and
-checks the numbers agree. Also times PIL-decoding every PNG once in one process (the
-floor of any PNG-based evaluation on one core) and, with --cli, the CLI end to end.
-The PNGs are written like real panoptic PNGs (RGB, PIL's default zlib level and
-adaptive row filters, via evaluation.writers). Prints one JSON object per line,
-with the load average.
+checks the numbers agree ("identical": every PQ/SQ/RQ/n equal to the last bit). Also
+times reading every PNG once in one thread with our reader (evaluation/png_decode.py)
+and with Pillow (what panopticapi does), and, with --cli, the CLI end to end. The first
+of our runs includes loading the numba kernels. The PNGs are written like real panoptic
+PNGs (RGB, PIL's default zlib level and adaptive row filters, via evaluation.writers).
+Prints one JSON object per line, with the load average.
 """
 
 import argparse
@@ -25,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluation import panoptic_quality as pqm  # pylint: disable=g-import-not-at-top
@@ -147,11 +149,17 @@ def _timed(fn):
   return out, time.perf_counter() - t0, _cpu_seconds() - c0
 
 
-def _decode_only(folders):
-  """The floor of any PNG-based PQ: decoding every PNG once (one process, PIL)."""
+def _decode_only(folders, pillow=False):
+  """Reading every PNG once into ids, in one thread (ours, or Pillow's as panopticapi)."""
+  out = None
   for folder in folders:
     for name in sorted(os.listdir(folder)):
-      pqm.read_id_png(os.path.join(folder, name))
+      path = os.path.join(folder, name)
+      if pillow:
+        rgb = np.asarray(Image.open(path), np.uint32)
+        _ = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+      else:
+        out = pqm.read_id_png(path, out)
 
 
 def _median(xs):
@@ -189,8 +197,11 @@ def main():
           cmd, check=True, capture_output=True,
           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
       times.setdefault("ours_cli", []).append((t, c))
-    _, t, c = _timed(lambda: _decode_only([files["gt_folder"], files["pred_folder"]]))
-    times.setdefault("pil_decode_only_1proc", []).append((t, c))
+    folders = [files["gt_folder"], files["pred_folder"]]
+    _, t, c = _timed(lambda: _decode_only(folders))
+    times.setdefault("ours_read_pngs_only_1thread", []).append((t, c))
+    _, t, c = _timed(lambda: _decode_only(folders, pillow=True))
+    times.setdefault("pillow_read_pngs_only_1thread", []).append((t, c))
     result, t, c = _timed(lambda: _panopticapi(files))
     if result is None:
       print(json.dumps({"impl": "panopticapi", "skipped": "not importable"}))
@@ -200,7 +211,7 @@ def main():
   for impl, tc in times.items():
     print(json.dumps({"impl": impl, "repeats": len(tc),
                       "workers": (args.num_workers or os.cpu_count())
-                      if impl.startswith("ours") else 1,
+                      if impl in ("ours", "ours_cli") else 1,
                       "seconds_median": round(_median([t for t, _ in tc]), 3),
                       "seconds_all": [round(t, 3) for t, _ in tc],
                       "cpu_seconds_median": round(_median([c for _, c in tc]), 3)}),
@@ -219,7 +230,8 @@ def main():
         "cpu_time_ratio": round(c_theirs / max(c_ours, 1e-9), 2),
         "ms_per_pair_ours": round(1000 * t_ours / args.num_images, 2),
         "ms_per_pair_panopticapi": round(1000 * t_theirs / args.num_images, 2),
-        "max_abs_diff": _max_diff(ours, theirs)})
+        "max_abs_diff": _max_diff(ours, theirs),
+        "identical": bool(_max_diff(ours, theirs) == 0)})
     if "ours_cli" in times:
       summary["speedup_cli"] = round(t_theirs / _median([t for t, _ in times["ours_cli"]]),
                                      2)

@@ -375,24 +375,6 @@ def test_threads_compiled_and_fallback_paths_give_identical_results(tmp_path, mo
   assert results[0]["All"]["n"] == 3
 
 
-def test_pair_counts_compiled_kernel_equals_numpy():
-  from evaluation import png_decode, pq_files  # pylint: disable=g-import-not-at-top
-  if not png_decode.AVAILABLE:
-    pytest.skip("numba not installed")
-  rng = np.random.default_rng(7)
-  ws = pq_files.Workspace()
-  for _ in range(5):
-    gt = rng.choice([0, 4, 9, (1 << 24) - 1, 77], size=(13, 17)).astype(np.uint32)
-    pred = rng.choice([0, 4, 5, 123456], size=(13, 17)).astype(np.uint32)
-    gt[:, :6] = 9  # long runs of one pair
-    for gt_keys, pred_keys in (([9, 4, (1 << 24) - 1], [5, 4, 123456]), ([], [4])):
-      compiled = ws.pair_counts(gt, pred, gt_keys, pred_keys, compiled=True)
-      plain = ws.pair_counts(gt, pred, gt_keys, pred_keys, compiled=False)
-      np.testing.assert_array_equal(compiled, plain)
-      assert compiled.sum() == gt.size
-  assert not ws.rows.any() and not ws.cols.any()  # tables reset after each image
-
-
 def test_threads_report_the_first_bad_image_in_order(tmp_path):
   good = (_grid([[5, 5], [0, 0]]), [(5, 1, 0)])
   pred_ok = (_grid([[9, 9], [0, 0]]), [(9, 1, 0)])

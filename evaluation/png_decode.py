@@ -45,7 +45,10 @@ def jit(fn=None, inline="never"):
     return lambda f: jit(f, inline)
   if numba is None:
     return fn
-  return numba.njit(nogil=True, cache=True, inline=inline)(fn)
+  try:
+    return numba.njit(nogil=True, cache=True, inline=inline)(fn)
+  except RuntimeError:  # no writable cache location: compile in each process
+    return numba.njit(nogil=True, inline=inline)(fn)
 
 
 _LOW7 = np.uint32(0x7F7F7F)
