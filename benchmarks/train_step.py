@@ -1,7 +1,7 @@
 r"""Train-step time and peak memory of kMaX-DeepLab R50 (COCO config) on CPU.
 
   python benchmarks/train_step.py [--crop=513] [--batch_sizes=1,2] [--xla=0,1] \
-      [--steps=5] [--warmup=2]
+      [--steps=5] [--warmup=2] [--profile=20]
 
 One JSON line per (batch size, XLA) case, each measured in a fresh subprocess (so the
 peak RSS is that case's): the median wall time of one full training step exactly as the
@@ -11,8 +11,13 @@ fixed synthetic batch (random image, ~20 random rectangles as segments), and the
 process's peak resident memory. The first `warmup` calls (tracing, compilation) are not
 timed. The reference line carries deeplab2's numbers measured on this machine kind
 (shared/spec/TARGETS.md), since deeplab2 itself needs TF 2.15 and cannot run here.
+`--profile=N` traces one more step with the TensorFlow profiler and adds the N op
+types with the most op time (seconds, summed over the step's ops; with two cores
+ops overlap, so the sum exceeds the wall time) as "top_ops" to each line.
 """
 
+import collections
+import glob
 import json
 import os
 import resource
@@ -50,7 +55,38 @@ def fake_batch(batch: int, crop: int, num_classes: int = 133, seed: int = 0):
   return {"image": tf.constant(np.stack(images))}, stacked
 
 
-def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int) -> dict:
+def profile_step(step_fn, top: int) -> dict:
+  """{op type: seconds} of the `top` op types by op time in one traced step_fn()."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  totals = collections.Counter()
+  with tempfile.TemporaryDirectory() as logdir:
+    tf.profiler.experimental.start(logdir)
+    step_fn()
+    tf.profiler.experimental.stop()
+    for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+      space = xplane_pb2.XSpace()
+      with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+      for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+          for event in line.events:
+            name = names.get(event.metadata_id, "")
+            # Op events are "<op name>:<op type>"; skip the executor/function wrappers.
+            if ":" not in name:
+              continue
+            op_name, op_type = name.rsplit(":", 1)
+            if (not op_type or op_type.startswith(" ") or op_type in ("Run", "Process")
+                or op_name.startswith(("ExecutorState", "KernelAndDevice",
+                                       "EagerLocalExecute", "Iterator", "__"))):
+              continue
+            totals[op_type] += event.duration_ps * 1e-12
+  return {k: round(v, 3) for k, v in totals.most_common(top)}
+
+
+def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
+             profile: int = 0) -> dict:
   """Measures one case in this process."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -76,7 +112,10 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int) -> dict:
       loss = float(means["total"])
       if i >= warmup:
         times.append(time.perf_counter() - start)
-  peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    top_ops = (profile_step(
+        lambda: float(trainer._run_loop(iterator, 1)[0]["total"]),  # pylint: disable=protected-access
+        profile) if profile else None)
   ref_time, ref_mem = DEEPLAB2.get(batch, (None, None))
   return {"benchmark": "train_step", "model": "kmax_r50_coco", "crop": crop,
           "batch": batch, "xla": xla, "median_s": round(statistics.median(times), 4),
@@ -84,7 +123,9 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int) -> dict:
           "loss": round(loss, 4), "deeplab2_median_s": ref_time,
           "deeplab2_peak_gib": ref_mem,
           "time_ratio": round(statistics.median(times) / ref_time, 3) if ref_time else None,
-          "memory_ratio": round(peak_gib / ref_mem, 3) if ref_mem else None}
+          "memory_ratio": round(peak_gib / ref_mem, 3) if ref_mem else None,
+          "load_average": round(os.getloadavg()[0], 2),
+          **({"top_ops": top_ops} if top_ops else {})}
 
 
 def main(argv):
@@ -95,11 +136,14 @@ def main(argv):
   parser.add_argument("--xla", default="0,1", help="comma list of 0/1")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--profile", type=int, default=0,
+                      help="add the N op types with the most op time of one more step")
   parser.add_argument("--case", default="", help=argparse.SUPPRESS)  # batch,xla (child)
   args = parser.parse_args(argv)
   if args.case:
     batch, xla = (int(v) for v in args.case.split(","))
-    print(json.dumps(run_case(batch, args.crop, bool(xla), args.steps, args.warmup)),
+    print(json.dumps(run_case(batch, args.crop, bool(xla), args.steps, args.warmup,
+                              args.profile)),
           flush=True)
     return 0
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
@@ -109,7 +153,8 @@ def main(argv):
     for xla in (int(x) for x in args.xla.split(",")):
       proc = subprocess.run(
           [sys.executable, os.path.abspath(__file__), f"--case={batch},{xla}",
-           f"--crop={args.crop}", f"--steps={args.steps}", f"--warmup={args.warmup}"],
+           f"--crop={args.crop}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+           f"--profile={args.profile}"],
           cwd=ROOT, env=env, capture_output=True, text=True, check=False)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
       if proc.returncode != 0 or not lines:
