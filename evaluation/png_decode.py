@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - requirements.txt installs it
 
 try:
   import numba  # pylint: disable=g-import-not-at-top
+  from numba.cpython.unsafe.numbers import trailing_zeros  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - requirements.txt installs it
   numba = None
 
@@ -92,18 +93,23 @@ def _avg_bytes(a, b):  # pragma: no cover - compiled
 @jit(inline="always")
 def _next_nonzero(raw, words, i, end):  # pragma: no cover - compiled
   """The first index k in [i, end) with raw[k] != 0 (end if none), 8 bytes a step."""
-  while i < end and (i & 7) != 0:
-    if raw[i] != 0:
-      return i
-    i += 1
   k = i >> 3
-  while i + 32 <= end and (words[k] | words[k + 1] | words[k + 2] | words[k + 3]) == 0:
-    i += 32
-    k += 4
-  while i + 8 <= end and words[k] == 0:
-    i += 8
+  num_words = words.size
+  if k < num_words:
+    w = words[k] >> np.uint64((i & 7) * 8)  # little-endian: byte i is the low byte
+    if w != 0:
+      return min(i + (np.int64(trailing_zeros(w)) >> 3), end)
     k += 1
-  while i < end:
+    while (k + 4 <= num_words and k * 8 + 32 <= end
+           and (words[k] | words[k + 1] | words[k + 2] | words[k + 3]) == 0):
+      k += 4
+    while k < num_words and k * 8 < end:
+      w = words[k]
+      if w != 0:
+        return min(k * 8 + (np.int64(trailing_zeros(w)) >> 3), end)
+      k += 1
+    i = max(i, k * 8)
+  while i < end:  # bytes past the last whole word
     if raw[i] != 0:
       return i
     i += 1
