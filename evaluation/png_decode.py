@@ -4,13 +4,13 @@ COCO panoptic PNGs encode a segment id as R + 256 G + 256^2 B. Pillow decodes th
 with the system zlib (inflate ~2.7 ms for a 1024x512 Cityscapes PNG) and scalar PNG row
 filters (~1.5 ms); here the zlib stream is inflated with zlib-ng (~0.2 ms) and the rows
 are unfiltered by a compiled numba kernel that writes the ids directly (no RGB array,
-no RGB->id arithmetic). Both are optional: without them `decode_ids` returns None and
-the caller uses Pillow.
+no RGB->id arithmetic). Without numba `decode_ids` returns None and the caller uses
+Pillow; without zlib-ng the standard zlib inflates.
 
 The fast path only takes what it fully understands (8-bit, colour type 2 or 6,
 non-interlaced, every filter type 0-4, any IDAT split); anything else, and anything
 unusual (bad CRC before the image data, short or corrupt zlib data, unknown filter
-type, APNG), returns None so that Pillow decodes it or raises its own error. The result
+type, APNG, a PLTE chunk), returns None so that Pillow decodes it or raises its own error. The result
 is bit-identical to ``np.asarray(Image.open(path))`` turned into ids.
 """
 
