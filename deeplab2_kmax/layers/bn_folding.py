@@ -30,10 +30,11 @@ def uses_batch_statistics(bn, training) -> bool:
 def folded_affine(bn, training, dtype="float32") -> Optional[Tuple[object, object]]:
   """(scale, shift) with bn(x, training) == x·scale + shift, or None.
 
-  Returns None when the BN uses batch statistics (see `uses_batch_statistics`).
-  Both are vectors over the BN's channel axis, cast to `dtype`.
+  Returns None when there is no BN (`bn` is None) or it uses batch statistics (see
+  `uses_batch_statistics`). Both are vectors over the BN's channel axis, cast to
+  `dtype`.
   """
-  if uses_batch_statistics(bn, training):
+  if bn is None or uses_batch_statistics(bn, training):
     return None
   variance = ops.cast(bn.moving_variance, "float32")
   mean = ops.cast(bn.moving_mean, "float32")

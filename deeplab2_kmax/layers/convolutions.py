@@ -124,8 +124,7 @@ class ConvBN(keras.layers.Layer):
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
     # At inference the BN is folded into the kernel (bn_folding): one fused bias add
     # instead of the BN's separate multiply and add over the whole activation.
-    affine = (bn_folding.folded_affine(self.bn, training, x.dtype)
-              if self.bn is not None else None)
+    affine = bn_folding.folded_affine(self.bn, training, x.dtype)
     kernel = self.conv.kernel
     if affine is not None:
       kernel = ops.cast(kernel, x.dtype) * affine[0]
@@ -133,11 +132,11 @@ class ConvBN(keras.layers.Layer):
     if taps is not None:
       x = self._atrous_conv(x, taps, kernel)
     elif affine is not None:
-      x = self.conv.convolution_op(x, ops.cast(kernel, x.dtype))
+      x = self.conv.convolution_op(x, kernel)
     else:
       x = self.conv(x)
     if affine is not None:
-      x = x + ops.cast(affine[1], x.dtype)
+      x = x + affine[1]
     elif self.bn is not None:
       x = self.bn(x, training=training)
     return self._act(x)
@@ -203,14 +202,12 @@ class DepthwiseSeparableConv(keras.layers.Layer):
   def call(self, x, training=False):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
-    affine = (bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
-              if self.depthwise_bn is not None else None)
+    affine = bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
     if affine is not None:  # inference: BN folded into the depthwise kernel
       kernel = ops.cast(self.depthwise.kernel, x.dtype) * affine[0][:, None]
       x = ops.depthwise_conv(
-          x, ops.cast(kernel, x.dtype), strides=self.strides,
-          padding="same" if self.strides == 1 else "valid",
-          dilation_rate=self.dilation_rate) + ops.cast(affine[1], x.dtype)
+          x, kernel, strides=self.depthwise.strides, padding=self.depthwise.padding,
+          dilation_rate=self.depthwise.dilation_rate) + affine[1]
     else:
       x = self.depthwise(x)
       if self.depthwise_bn is not None:
@@ -278,11 +275,10 @@ class DenseBN(keras.layers.Layer):
       self.bn.build(tuple(input_shape[:-1]) + (self.units,))
 
   def call(self, x, training=False):
-    affine = (bn_folding.folded_affine(self.bn, training, x.dtype)
-              if self.bn is not None else None)
+    affine = bn_folding.folded_affine(self.bn, training, x.dtype)
     if affine is not None:  # inference: BN folded into the kernel
       kernel = ops.cast(self.dense.kernel, x.dtype) * affine[0]
-      x = ops.matmul(x, ops.cast(kernel, x.dtype)) + ops.cast(affine[1], x.dtype)
+      x = ops.matmul(x, kernel) + affine[1]
     else:
       x = self.dense(x)
       if self.bn is not None:
