@@ -100,16 +100,12 @@ def test_dense_bn_folded_equals_unfolded_and_gradients_flow_in_training():
 def test_whole_model_folded_inference_equals_per_bn_inference(monkeypatch):
   """Every folded site together (convs, axial attention, heads) on a tiny model."""
   from deeplab2_kmax import model as model_lib  # pylint: disable=g-import-not-at-top
+  # Seeded weights: the k-means argmax can flip on a near-tie between two equal
+  # computations rounded differently, which an unseeded run hits now and then.
+  keras.utils.set_random_seed(0)
   model = model_lib.build_model(
       num_classes=3, backbone="resnet50",
-      backbone_kwargs={"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
-                       "stem_width_multiplier": 0.25},
-      num_queries=8, pixel_decoder_dims=(16, 8, 8, 8), axial_num_heads=2,
-      pixel_decoder_blocks=(1, 1, 1, 1), decoder_layers=(1, 1, 1),
-      decoder_channels=16, decoder_key_depth=8, decoder_value_depth=16,
-      decoder_num_heads=2, ffn_channels=32, embedding_dim=8,
-      pixel_head_channels=16, semantic_channels=8,
-      semantic_low_level_channels=(8, 8))
+      backbone_kwargs=test_utils.TINY_RESNET_KWARGS, **test_utils.TINY_MODEL_KWARGS)
   rng = np.random.default_rng(4)
   images = rng.uniform(0, 255, (1, 65, 65, 3)).astype("float32")
   model(images, training=False)
