@@ -7,7 +7,11 @@ mask). We compute exactly the same result with O(H·W) work done once:
   pixel_confidence >= 1/3 a pixel lies in at most two binary masks (three probabilities
   > 1/3 cannot sum to 1), so the top-2 probabilities of each pixel describe all masks;
   the second one can only pass where c < p1 < 1 - c, a thin set of boundary pixels that
-  is gathered sparsely (the dense work is one softmax, one max and one argmax).
+  is gathered sparsely. Dense work happens on the stride-4 grid (a softmax, a 2x2
+  max-pool, a few reductions over masks); at full resolution only int32 maps are
+  touched (one flat gather per output map, two bincounts). Upsampled logits are
+  computed only for the cells and masks that need them, with an arithmetic that gives
+  the same bits on any subset (`mask_upsampling`).
 * mask n's not-yet-painted area when it is reached is |m_n| - sum over earlier kept masks
   j of |m_n ∩ m_j| (no pixel of m_n is counted twice: it has at most one other mask). So
   the sequential keep decisions only need the N x N pairwise-overlap matrix, built with
@@ -26,65 +30,19 @@ instance = 1 + the mask's position in the score order (deeplab2 numbering), stuf
 unassigned pixels ignore_label·label_divisor.
 """
 
+import math
 from typing import Dict, Optional, Sequence
 
 import gin
 import tensorflow as tf
 
-
-def _cell_weights() -> tf.Tensor:
-  """[16, 4] bilinear weights of the 4x4 pixels of a stride-4 cell (row-major pixels;
-  corners top-left, top-right, bottom-left, bottom-right). Exact multiples of 1/16."""
-  rows = []
-  for a in range(4):
-    for b in range(4):
-      rows.append([(4 - a) * (4 - b) / 16, (4 - a) * b / 16, a * (4 - b) / 16, a * b / 16])
-  return tf.constant(rows, tf.float32)
-
-
-def _cell_corners(grid: tf.Tensor, b=None, i=None, j=None) -> tf.Tensor:
-  """Corner logits of cells: [B, Hs, Ws, 4, N] for all cells of the (edge-padded)
-  grid [B, Hs+1, Ws+1, N], or [P, 4, N] for the cells (b, i, j)."""
-  if b is None:
-    return tf.stack([grid[:, :-1, :-1], grid[:, :-1, 1:], grid[:, 1:, :-1], grid[:, 1:, 1:]],
-                    axis=3)
-  return tf.stack([tf.gather_nd(grid, tf.stack([b, i + di, j + dj], -1))
-                   for di, dj in ((0, 0), (0, 1), (1, 0), (1, 1))], axis=1)
-
-
-def _interpolate_cells(corners: tf.Tensor) -> tf.Tensor:
-  """[..., 4, N] corner logits -> [..., 16, N] logits of the cells' 4x4 pixels.
-
-  One broadcast matmul with the [16, 4] weights (every call site uses this, so the
-  sparse and dense paths round alike): 22 vs 39 ms for the equivalent einsum over
-  15000 cells of 128 masks."""
-  return tf.matmul(_cell_weights(), corners)
-
-
-def _pad_grid(mask_logits: tf.Tensor) -> tf.Tensor:
-  """Repeats the last grid row and column: cell (i, j) then holds pixels 4i..4i+3 x
-  4j..4j+3 for every i < Hs, j < Ws (the extra pixels past 4(Hs-1) are cropped)."""
-  g = tf.concat([mask_logits, mask_logits[:, -1:]], axis=1)
-  return tf.concat([g, g[:, :, -1:]], axis=2)
-
-
-def _cells_to_pixels(cells: tf.Tensor) -> tf.Tensor:
-  """[B, Hs, Ws, 16, ...] cell layout -> [B, 4 Hs, 4 Ws, ...] pixel layout."""
-  shape = tf.shape(cells)
-  rest = tf.shape(cells)[4:]
-  x = tf.reshape(cells, tf.concat([shape[:3], [4, 4], rest], 0))
-  perm = [0, 1, 3, 2, 4] + list(range(5, len(cells.shape) + 1))
-  x = tf.transpose(x, perm)
-  return tf.reshape(x, tf.concat([[shape[0], 4 * shape[1], 4 * shape[2]], rest], 0))
-
-
-def upsample_mask_logits(mask_logits: tf.Tensor) -> tf.Tensor:
-  """Bilinear align-corners upsampling of stride-4 logits [B, Hs, Ws, N] to
-  [B, 4(Hs-1)+1, 4(Ws-1)+1, N], with the same per-cell arithmetic as the merger."""
-  shape = tf.shape(mask_logits)
-  corners = _cell_corners(_pad_grid(mask_logits))
-  pixels = _cells_to_pixels(_interpolate_cells(corners))
-  return pixels[:, :4 * (shape[1] - 1) + 1, :4 * (shape[2] - 1) + 1]
+from deeplab2_kmax.mask_upsampling import all_cell_corners
+from deeplab2_kmax.mask_upsampling import cell_argmax
+from deeplab2_kmax.mask_upsampling import cells_to_pixels
+from deeplab2_kmax.mask_upsampling import gather_cell_corners
+from deeplab2_kmax.mask_upsampling import interpolate_cells
+from deeplab2_kmax.mask_upsampling import pad_grid
+from deeplab2_kmax.mask_upsampling import upsample_mask_logits  # pylint: disable=unused-import (re-exported)
 
 
 def _crop(mask_logits, output_size, original_size):
@@ -105,6 +63,16 @@ def _crop(mask_logits, output_size, original_size):
 
 def _scatter_add(values, segment_ids, num_segments):
   return tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
+
+
+def _count(ids, num_ids, xla_compatible):
+  """float32 histogram of int32 ids in [0, num_ids): bincount, ~10x faster than a
+  segment sum of ones over a 641x641 map (exact up to 2^24 per bin); XLA needs a
+  compile-time num_ids for bincount, so the xla_compatible variant keeps the sum."""
+  if xla_compatible:
+    return _scatter_add(tf.ones_like(ids, tf.float32), ids, num_ids)
+  return tf.math.bincount(tf.reshape(ids, [-1]), minlength=num_ids, maxlength=num_ids,
+                          dtype=tf.float32)
 
 
 @gin.configurable
@@ -185,65 +153,84 @@ class MaskWiseMerger:
     return cls, conf, is_thing, confident
 
   # ------------------------------------------------------------------ pixels
-  def pixel_masks(self, mask_logits: tf.Tensor, output_size=None, original_size=None):
-    """Which masks cover each pixel (prob > pixel_confidence; at most two).
+  def pixel_masks(self, logits: tf.Tensor, crop_h, crop_w):
+    """Which masks cover each pixel (prob > pixel_confidence; at most two), from the
+    (cropped) stride-4 logits, plus the ordering mask scores and the argmax map.
 
-    Returns cov1 bool, i1 int32 [B, h, w] (best mask and whether it covers the pixel)
-    and, sparsely, where2 int64 [P, 3] (b, y, x), cov2 bool [P], i2 int32 [P] for the
-    pixels whose second-best mask may cover them.
+    Returns (code, where2, cov2, i2, mask_score, argmax):
+      code int32 [B, h, w]: the best mask of the pixel if it covers it, else N;
+      where2 int64 [P, 3] (b, y, x), cov2 bool [P], i2 int32 [P]: sparsely, the pixels
+        whose second-best mask may cover them (all pixels under xla_compatible);
+      mask_score [B, N] (see `mask_scores`); argmax int32 [B, h, w], the per-pixel
+        argmax over all masks (None unless pixelwise_semantic).
 
     Cell shortcut (exact): inside a stride-4 cell the logits are a convex combination
     of the 4 corner logits, so if all corners share the argmax m and each corner has
     p(m) > max(c, 1 - c), then every pixel of the cell has argmax m with p(m) >= the
     smallest corner p(m) (Jensen on the softmax denominator) and no second mask can
-    exceed c; a bound on the largest probability also proves cells empty. Only the
-    remaining ("boundary") cells are upsampled and soft-maxed, 16 pixels per cell with
-    one small matmul. `xla_compatible=True` upsamples everything instead
-    (static shapes).
+    exceed c; bounds on the largest probability also prove cells empty (a cheap one on
+    every cell, then an exact one on the rest). Only the remaining ("boundary") cells
+    are upsampled and soft-maxed, 16 pixels per cell. The argmax map comes from
+    `cell_argmax` (candidate masks only). `xla_compatible=True` upsamples everything
+    instead (static shapes).
     """
-    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
+    n = logits.shape[-1]
     c_lo = self.pixel_confidence
     c_hi = max(c_lo, 1.0 - c_lo) + 1e-4  # margin over float rounding
     if self.xla_compatible:
-      probs = tf.nn.softmax(upsample_mask_logits(logits)[:, :crop_h, :crop_w], axis=-1)
-      top_p, top_i = tf.math.top_k(probs, k=2)
+      up = upsample_mask_logits(logits)[:, :crop_h, :crop_w]
+      top_p, top_i = tf.math.top_k(tf.nn.softmax(up, axis=-1), k=2)
       size = tf.shape(top_p, out_type=tf.int64)
       coords = tf.meshgrid(tf.range(size[0]), tf.range(size[1]), tf.range(size[2]),
                            indexing="ij")
-      return (top_p[..., 0] > c_lo, top_i[..., 0],
+      argmax = (tf.argmax(up, axis=-1, output_type=tf.int32) if self.pixelwise_semantic
+                else None)
+      return (tf.where(top_p[..., 0] > c_lo, top_i[..., 0], n),
               tf.reshape(tf.stack(coords, axis=-1), [-1, 3]),
-              tf.reshape(top_p[..., 1], [-1]) > c_lo, tf.reshape(top_i[..., 1], [-1]))
+              tf.reshape(top_p[..., 1], [-1]) > c_lo, tf.reshape(top_i[..., 1], [-1]),
+              self.mask_scores(logits), argmax)
 
-    grid = _pad_grid(logits)
+    grid = pad_grid(logits)
+    ig = tf.argmax(grid, axis=-1, output_type=tf.int32)
+    argmax_cells = cell_argmax(grid, ig) if self.pixelwise_semantic else None
     probs = tf.nn.softmax(grid, axis=-1)
     p1g = tf.reduce_max(probs, axis=-1)
-    i1g = tf.argmax(probs, axis=-1, output_type=tf.int32)
-    same = ((i1g[:, :-1, :-1] == i1g[:, :-1, 1:]) & (i1g[:, :-1, :-1] == i1g[:, 1:, :-1])
-            & (i1g[:, :-1, :-1] == i1g[:, 1:, 1:]))
-    pmin = tf.reduce_min(_cell_corners(p1g[..., None])[..., 0], axis=-1)
-    clean = same & (pmin > c_hi)  # [B, gh, gw]
-    # Empty cells: l_n(x) - l_m(x) >= min_c L_cn - max_c L_cm, so every probability in
-    # the cell is <= exp(max_m max_c L_cm - logsumexp_n min_c L_cn); below c no pixel of
-    # the cell is covered (typical of unconfident / randomly initialized models).
-    hi = tf.maximum(tf.maximum(grid[:, :-1, :-1], grid[:, :-1, 1:]),
-                    tf.maximum(grid[:, 1:, :-1], grid[:, 1:, 1:]))
-    lo = tf.minimum(tf.minimum(grid[:, :-1, :-1], grid[:, :-1, 1:]),
-                    tf.minimum(grid[:, 1:, :-1], grid[:, 1:, 1:]))
-    bound = tf.reduce_max(hi, axis=-1) - tf.reduce_logsumexp(lo, axis=-1)
-    empty = bound < tf.math.log(c_lo) - 1e-4
-    dirty = tf.where(~clean & ~empty)  # [Pc, 3]
+
+    def cell_min(x):  # [B, gh+1, gw+1] grid values -> [B, gh, gw, 4] -> min / max
+      return tf.reduce_min(all_cell_corners(x[..., None])[..., 0], axis=-1)
+
+    def cell_max(x):
+      return tf.reduce_max(all_cell_corners(x[..., None])[..., 0], axis=-1)
+
+    corner_ig = all_cell_corners(ig[..., None])[..., 0]  # [B, gh, gw, 4]
+    same = tf.reduce_all(tf.equal(corner_ig, corner_ig[..., :1]), axis=-1)
+    clean = same & (cell_min(p1g) > c_hi)  # [B, gh, gw]
+    # Empty cells, first by a cheap dense bound: log p_n(x) <= max_c max_m L_cm -
+    # logsumexp_m l_m(x) and logsumexp_m l_m(x) >= log N + mean_m l_m(x) (Jensen), a
+    # bilinear function >= min_c mean_m L_cm. The margin covers the rounding of the
+    # mean and of the interpolation (~1e-6 of the largest |logit|). It proves all cells
+    # of unconfident / randomly initialized models empty.
+    c_max, c_min = cell_max(tf.reduce_max(grid, -1)), cell_min(tf.reduce_min(grid, -1))
+    jensen = (c_max - math.log(n) - cell_min(tf.reduce_mean(grid, -1))
+              + 2e-5 * tf.maximum(tf.abs(c_max), tf.abs(c_min)))
+    maybe = tf.where(~clean & (jensen >= math.log(c_lo) - 1e-4))
+    # Then exactly on the remaining cells' corners: l_n(x) - l_m(x) >= min_c L_cn -
+    # max_c L_cm, so every probability in the cell is <= exp(max_m max_c L_cm -
+    # logsumexp_n min_c L_cn); below c no pixel of the cell is covered.
+    corners = gather_cell_corners(grid, *(tf.cast(maybe[:, k], tf.int32) for k in range(3)))
+    bound = (tf.reduce_max(corners, axis=[1, 2])
+             - tf.reduce_logsumexp(tf.reduce_min(corners, axis=1), axis=-1))
+    nonempty = bound >= math.log(c_lo) - 1e-4
+    dirty = tf.boolean_mask(maybe, nonempty)  # [Pc, 3]
     db, di, dj = (tf.cast(dirty[:, k], tf.int32) for k in range(3))
-    pix = _interpolate_cells(_cell_corners(grid, db, di, dj))
-    pp = tf.nn.softmax(pix, axis=-1)  # [Pc, 16, N]
-    p1d = tf.reduce_max(pp, axis=-1)
+    pp = tf.nn.softmax(interpolate_cells(tf.boolean_mask(corners, nonempty)), axis=-1)
+    p1d = tf.reduce_max(pp, axis=-1)  # [Pc, 16, N] -> [Pc, 16]
     i1d = tf.argmax(pp, axis=-1, output_type=tf.int32)
 
-    i1c = tf.tile(i1g[:, :-1, :-1, None], [1, 1, 1, 16])
-    i1c = tf.tensor_scatter_nd_update(i1c, dirty, i1d)
-    cov1c = tf.tile(tf.cast(clean, tf.int32)[..., None], [1, 1, 1, 16])
-    cov1c = tf.tensor_scatter_nd_update(cov1c, dirty, tf.cast(p1d > c_lo, tf.int32))
-    i1 = _cells_to_pixels(i1c)[:, :crop_h, :crop_w]
-    cov1 = _cells_to_pixels(cov1c)[:, :crop_h, :crop_w] > 0
+    code = tf.where(clean[..., None], corner_ig[..., :1], n)
+    code = tf.broadcast_to(code, tf.concat([tf.shape(clean), [16]], 0))
+    code = tf.tensor_scatter_nd_update(code, dirty, tf.where(p1d > c_lo, i1d, n))
+    code = cells_to_pixels(code)[:, :crop_h, :crop_w]
 
     sel = tf.where((p1d > c_lo) & (p1d < c_hi))  # [Q, 2] (dirty cell, pixel in cell)
     cell = sel[:, 0]
@@ -251,48 +238,52 @@ class MaskWiseMerger:
     y = tf.gather(di, cell) * 4 + k // 4
     x = tf.gather(dj, cell) * 4 + k % 4
     inside = (y < crop_h) & (x < crop_w)
-    second = tf.gather_nd(pp, tf.boolean_mask(sel, inside))  # [P, N]
-    first = tf.one_hot(tf.boolean_mask(tf.gather_nd(i1d, sel), inside),
-                       mask_logits.shape[-1], on_value=True, off_value=False)
-    second = tf.where(first, -1.0, second)
+    cov2, i2 = self._second(tf.gather_nd(pp, tf.boolean_mask(sel, inside)),
+                            tf.boolean_mask(tf.gather_nd(i1d, sel), inside))
     where2 = tf.cast(tf.stack([tf.boolean_mask(tf.gather(db, cell), inside),
                                tf.boolean_mask(y, inside), tf.boolean_mask(x, inside)],
                               axis=-1), tf.int64)
-    return (cov1, i1, where2, tf.reduce_max(second, axis=-1) > c_lo,
+    argmax = (None if argmax_cells is None
+              else cells_to_pixels(argmax_cells)[:, :crop_h, :crop_w])
+    score = self._sparse_mask_scores(probs, p1g[:, :-1, :-1], ig[:, :-1, :-1])
+    return code, where2, cov2, i2, score, argmax
+
+  def _second(self, probs: tf.Tensor, first: tf.Tensor):
+    """[P, N] probabilities and [P] best mask -> (second best covers, its index)."""
+    second = tf.where(tf.one_hot(first, probs.shape[-1], on_value=True, off_value=False),
+                      -1.0, probs)
+    return (tf.reduce_max(second, axis=-1) > self.pixel_confidence,
             tf.argmax(second, axis=-1, output_type=tf.int32))
 
-  def pixelwise_argmax(self, mask_logits: tf.Tensor, output_size=None,
-                       original_size=None) -> tf.Tensor:
-    """[B, h, w] argmax over all masks of the upsampled logits (deeplab2's threshold-free
-    semantic prediction). Cells whose 4 corners share the argmax keep it (a convex
-    combination preserves it); only the other cells are upsampled."""
-    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
-    if self.xla_compatible:
-      up = upsample_mask_logits(logits)[:, :crop_h, :crop_w]
-      return tf.argmax(up, axis=-1, output_type=tf.int32)
-    grid = _pad_grid(logits)
-    ig = tf.argmax(grid, axis=-1, output_type=tf.int32)
-    agree = ((ig[:, :-1, :-1] == ig[:, :-1, 1:]) & (ig[:, :-1, :-1] == ig[:, 1:, :-1])
-             & (ig[:, :-1, :-1] == ig[:, 1:, 1:]))
-    other = tf.where(~agree)
-    ob, oi, oj = (tf.cast(other[:, k], tf.int32) for k in range(3))
-    pix = _interpolate_cells(_cell_corners(grid, ob, oi, oj))
-    cells = tf.tile(ig[:, :-1, :-1, None], [1, 1, 1, 16])
-    cells = tf.tensor_scatter_nd_update(
-        cells, other, tf.argmax(pix, axis=-1, output_type=tf.int32))
-    return _cells_to_pixels(cells)[:, :crop_h, :crop_w]
+  def _sparse_mask_scores(self, probs, p1, i1) -> tf.Tensor:
+    """`mask_scores` from the grid softmax probs [B, >= Hs, >= Ws, N] (padded is fine)
+    and the max p1 and argmax i1 [B, Hs, Ws] of its points covering the image: a point
+    adds to at most two masks (pixel_confidence >= 1/3): its best one where p1 > c,
+    its second one only where p1 < 1 - c (gathered sparsely). So segment sums over the
+    grid points replace the dense [B, Hs, Ws, N] reductions of `mask_scores`."""
+    c_lo = self.pixel_confidence
+    n = probs.shape[-1]
+    batch = tf.shape(p1)[0]
+    ids = i1 + tf.range(batch)[:, None, None] * n
+    cov1 = tf.cast(p1 > c_lo, tf.float32)
+    where2 = tf.where((p1 > c_lo) & (p1 < max(c_lo, 1.0 - c_lo) + 1e-4))
+    cov2, i2 = self._second(tf.gather_nd(probs, where2), tf.gather_nd(i1, where2))
+    b2 = tf.cast(where2[:, 0], tf.int32)
+    p2 = tf.gather_nd(probs, tf.concat([where2, tf.cast(i2, tf.int64)[:, None]], -1))
+    cov2 = tf.cast(cov2, tf.float32)
+    ids2 = i2 + b2 * n
+    total = _scatter_add(p1 * cov1, ids, batch * n) + _scatter_add(p2 * cov2, ids2, batch * n)
+    count = _scatter_add(cov1, ids, batch * n) + _scatter_add(cov2, ids2, batch * n)
+    return tf.reshape(tf.math.divide_no_nan(total, count), [batch, n])
 
-  def mask_scores(self, mask_logits: tf.Tensor, original_size=None) -> tf.Tensor:
-    """[B, N] mean probability inside each binary mask, on the stride-4 grid.
+  def mask_scores(self, logits: tf.Tensor) -> tf.Tensor:
+    """[B, N] mean probability inside each binary mask, on the stride-4 grid points
+    covering the original image (`_crop`).
 
     deeplab2's kMaX hands the post-processor stride-4 logits and computes these
     ordering scores before upsampling (only painting and areas use full resolution).
-    We use the grid points covering the original image.
     """
-    grid = mask_logits
-    if original_size is not None:
-      grid = grid[:, :(original_size[0] + 2) // 4 + 1, :(original_size[1] + 2) // 4 + 1]
-    probs = tf.nn.softmax(grid, axis=-1)
+    probs = tf.nn.softmax(logits, axis=-1)
     binary = tf.cast(probs > self.pixel_confidence, tf.float32)
     return tf.math.divide_no_nan(tf.reduce_sum(probs * binary, axis=[1, 2]),
                                  tf.reduce_sum(binary, axis=[1, 2]))
@@ -310,19 +301,21 @@ class MaskWiseMerger:
       raise ValueError(f"{num_masks} masks need instance ids up to {num_masks}, which "
                        f"must stay below label_divisor={self.label_divisor}")
     cls, conf, is_thing, confident = self.classify(class_logits)
-    cov1, i1, where2, cov2, i2 = self.pixel_masks(mask_logits, output_size, original_size)
-    batch = tf.shape(i1)[0]
+    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
+    code, where2, cov2, i2, mask_score, argmax = self.pixel_masks(logits, crop_h, crop_w)
+    batch = tf.shape(code)[0]
     n = num_masks
-    i1_at = tf.gather_nd(i1, where2)
+    # Per-pixel ids b·(N+1) + code (N = no mask): one flat gather/bincount per pass.
+    offsets = tf.range(batch, dtype=tf.int32)[:, None, None] * (n + 1)
+    code_id = code + offsets
+    # Where cov2, also p1 > c, so code is a mask (< N); the clamp covers the other
+    # pixels of the dense xla_compatible variant (weight 0 anyway).
+    i1_at = tf.minimum(tf.gather_nd(code, where2), n - 1)
     b2 = tf.cast(where2[:, 0], tf.int32)
-
-    seg1 = i1 + tf.range(batch, dtype=tf.int32)[:, None, None] * n
     seg2 = i2 + b2 * n
-    cov1_f = tf.cast(cov1, tf.float32)
     cov2_f = tf.cast(cov2, tf.float32)
-    area = tf.reshape(_scatter_add(cov1_f, seg1, batch * n)
-                      + _scatter_add(cov2_f, seg2, batch * n), [batch, n])
-    mask_score = self.mask_scores(mask_logits, original_size)
+    area = (tf.reshape(_count(code_id, batch * (n + 1), self.xla_compatible), [batch, n + 1])[:, :n]
+            + tf.reshape(_scatter_add(cov2_f, seg2, batch * n), [batch, n]))
     # Pairwise overlaps: pixels covered by two masks.
     pair_id = b2 * n * n + i1_at * n + i2
     overlap = tf.reshape(_scatter_add(cov2_f, pair_id, batch * n * n), [batch, n, n])
@@ -354,16 +347,14 @@ class MaskWiseMerger:
     keep = tf.gather(keep_s, rank, batch_dims=1)  # back to mask order
 
     # Owner of each pixel: the earliest kept mask among its (<= 2) covering masks.
-    owner_rank = tf.where(cov1 & tf.gather(keep, i1, batch_dims=1),
-                          tf.gather(rank, i1, batch_dims=1), n)  # n = none
+    kept_rank = tf.concat([tf.where(keep, rank, n), tf.fill([batch, 1], n)], axis=1)
+    owner_rank = tf.gather(tf.reshape(kept_rank, [-1]), code_id)  # n = none
     rank2 = tf.where(cov2 & tf.gather_nd(keep, tf.stack([b2, i2], -1)),
                      tf.gather_nd(rank, tf.stack([b2, i2], -1)), n)
     owner_rank = tf.tensor_scatter_nd_min(owner_rank, where2, rank2)
     # Painted areas per mask (in rank space), then deeplab2's area filters.
-    owner_flat = owner_rank + tf.range(batch, dtype=tf.int32)[:, None, None] * (n + 1)
-    painted_s = tf.reshape(
-        _scatter_add(tf.ones_like(owner_rank, tf.float32), owner_flat, batch * (n + 1)),
-        [batch, n + 1])[:, :n]
+    owner_id = owner_rank + offsets
+    painted_s = tf.reshape(_count(owner_id, batch * (n + 1), self.xla_compatible), [batch, n + 1])[:, :n]
     cls_s = tf.gather(cls, order, batch_dims=1)
     thing_s = tf.gather(is_thing, order, batch_dims=1)
     stuff_kept = keep_s & ~thing_s
@@ -379,14 +370,18 @@ class MaskWiseMerger:
     void_value = self.ignore_label * self.label_divisor
     value_s = cls_s * self.label_divisor + tf.where(thing_s, ranks + 1, 0)
     value_s = tf.where(final_s, value_s, void_value)
-    table = tf.concat([value_s, tf.fill([batch, 1], void_value)], axis=1)
-    panoptic = tf.gather(table, owner_rank, batch_dims=1)
+
+    def paint(per_rank, none_value):  # [B, N] per rank -> [B, h, w] per pixel owner
+      table = tf.concat([per_rank, tf.fill([batch, 1], none_value)], axis=1)
+      return tf.gather(tf.reshape(table, [-1]), owner_id)
+
+    panoptic = paint(value_s, void_value)
     if self.pixelwise_semantic:
-      semantic = tf.gather(cls, self.pixelwise_argmax(mask_logits, output_size,
-                                                      original_size), batch_dims=1)
+      semantic = tf.gather(tf.reshape(cls, [-1]),
+                           argmax + tf.range(batch)[:, None, None] * n)
     else:
-      semantic = panoptic // self.label_divisor
-    instance = panoptic % self.label_divisor
+      semantic = paint(value_s // self.label_divisor, self.ignore_label)
+    instance = paint(value_s % self.label_divisor, 0)
 
     # Segment list: kept things, and the first kept mask of each stuff class.
     first_rank = tf.math.unsorted_segment_min(

@@ -200,12 +200,6 @@ def test_rejects_too_low_pixel_confidence_and_too_many_masks():
             "mask_logits": np.zeros((1, 3, 3, 8), np.float32)}, (9, 9))
 
 
-def test_upsampling_matches_tf_align_corners_resize():
-  grid = np.random.default_rng(6).normal(size=(2, 9, 7, 5)).astype(np.float32)
-  want = tf.compat.v1.image.resize_bilinear(grid, (33, 25), align_corners=True).numpy()
-  np.testing.assert_allclose(upsample_mask_logits(grid).numpy(), want, atol=1e-5)
-
-
 def test_xla_compatible_variant_matches_and_compiles_with_xla():
   rng = np.random.default_rng(5)
   class_logits, mask_logits = _random_case(rng, n=12, hs=37, ws=29)
@@ -236,3 +230,29 @@ def test_sharp_and_flat_logits_use_the_cell_shortcuts_exactly():
     got, _ = _compare(merger, class_logits, mask_logits)
     painted = (got["panoptic"].numpy() != 255 * 256).mean()
     assert (painted > 0.5) if scale > 1 else (painted == 0.0)
+
+
+def test_cells_only_the_exact_bound_proves_empty_match_the_reference():
+  """Left half: 5 masks share the top logit (+ noise) and the rest are far below, so no
+  probability reaches 0.4 but the cheap Jensen bound (mean over masks) cannot prove it;
+  the exact corner bound must. The right half is ordinary (clean and boundary cells)."""
+  rng = np.random.default_rng(8)
+  merger = MaskWiseMerger(thing_train_ids=[0, 1], label_divisor=256, ignore_label=255,
+                          thing_threshold=0.3, stuff_threshold=0.3, thing_area_limit=8,
+                          stuff_area_limit=32)
+  class_logits, mask_logits = _random_case(rng, n=12, num_classes=3, hs=17, ws=21, dup=2)
+  mask_logits = mask_logits * 4.0
+  left = mask_logits[:, :, :10]
+  left[...] = -30.0
+  left[..., 2:7] = 5.0 + rng.normal(scale=0.05, size=left[..., 2:7].shape)
+  got, _ = _compare(merger, class_logits, mask_logits)
+  pan = got["panoptic"][0].numpy()
+  assert (pan[:, :37] == 255 * 256).all() and (pan[:, 41:] != 255 * 256).mean() > 0.5
+  # The left cells are beyond the Jensen bound but within the exact one.
+  g = mask_logits[0, :, :10]
+  corners = np.stack([g[:-1, :-1], g[:-1, 1:], g[1:, :-1], g[1:, 1:]], 2)
+  jensen = corners.max((2, 3)) - np.log(12) - corners.mean(3).min(2)
+  lo = corners.min(2)
+  exact = corners.max((2, 3)) - (lo.max(-1) + np.log(np.exp(lo - lo.max(-1, keepdims=True))
+                                                    .sum(-1)))
+  assert (jensen > np.log(0.4)).all() and (exact < np.log(0.4) - 1e-3).all()
