@@ -1,7 +1,7 @@
 r"""Train-step time and peak memory of kMaX-DeepLab R50 (COCO config) on CPU.
 
   python benchmarks/train_step.py [--crop=513] [--batch_sizes=1,2] [--xla=0,1] \
-      [--steps=5] [--warmup=2] [--profile=20]
+      [--steps=5] [--warmup=2] [--profile=20] [--dtype_policy=float32,mixed_bfloat16]
 
 One JSON line per (batch size, XLA) case, each measured in a fresh subprocess (so the
 peak RSS is that case's): the median wall time of one full training step exactly as the
@@ -9,7 +9,10 @@ trainer runs it (`trainer.train_lib.Trainer`: forward with the auxiliary semanti
 KMaXLoss on the final and the 5 auxiliary outputs, gradients, KMaXAdamW update), on a
 fixed synthetic batch (random image, ~20 random rectangles as segments), and the
 process's peak resident memory. The first `warmup` calls (tracing, compilation) are not
-timed. The reference line carries deeplab2's numbers measured on this machine kind
+timed. `--dtype_policy` (a comma list) measures each case under each Keras dtype policy,
+set globally as `trainer/train.py --mixed_precision` does (mixed_bfloat16 on CPU: bf16
+compute, float32 variables, the pixel-contrastive similarity matmuls in bf16). The
+reference line carries deeplab2's numbers measured on this machine kind
 (shared/spec/TARGETS.md), since deeplab2 itself needs TF 2.15 and cannot run here.
 `--profile=N` traces one more step with the TensorFlow profiler and adds the N op
 types with the most op time (seconds, summed over the step's ops; with two cores
@@ -86,7 +89,7 @@ def profile_step(step_fn, top: int) -> dict:
 
 
 def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
-             profile: int = 0) -> dict:
+             profile: int = 0, dtype_policy: str = "float32") -> dict:
   """Measures one case in this process."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -95,6 +98,7 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
   from trainer import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from trainer import train_lib  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(0)
+  keras.config.set_dtype_policy(dtype_policy)  # as trainer/experiment.py does
   strategy = tf.distribute.get_strategy()
   model = build_model(num_classes=133)  # the COCO R50 defaults
   optimizer = optimizer_lib.build_optimizer(
@@ -118,7 +122,7 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
         profile) if profile else None)
   ref_time, ref_mem = DEEPLAB2.get(batch, (None, None))
   return {"benchmark": "train_step", "model": "kmax_r50_coco", "crop": crop,
-          "batch": batch, "xla": xla, "median_s": round(statistics.median(times), 4),
+          "batch": batch, "xla": xla, "dtype_policy": dtype_policy, "median_s": round(statistics.median(times), 4),
           "min_s": round(min(times), 4), "steps": steps, "peak_rss_gib": round(peak_gib, 3),
           "loss": round(loss, 4), "deeplab2_median_s": ref_time,
           "deeplab2_peak_gib": ref_mem,
@@ -138,31 +142,35 @@ def main(argv):
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--profile", type=int, default=0,
                       help="add the N op types with the most op time of one more step")
+  parser.add_argument("--dtype_policy", default="float32",
+                      help="comma list of Keras dtype policies (float32, mixed_bfloat16)")
   parser.add_argument("--case", default="", help=argparse.SUPPRESS)  # batch,xla (child)
   args = parser.parse_args(argv)
   if args.case:
     batch, xla = (int(v) for v in args.case.split(","))
     print(json.dumps(run_case(batch, args.crop, bool(xla), args.steps, args.warmup,
-                              args.profile)),
+                              args.profile, args.dtype_policy)),
           flush=True)
     return 0
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   status = 0
-  for batch in (int(b) for b in args.batch_sizes.split(",")):
-    for xla in (int(x) for x in args.xla.split(",")):
-      proc = subprocess.run(
-          [sys.executable, os.path.abspath(__file__), f"--case={batch},{xla}",
-           f"--crop={args.crop}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-           f"--profile={args.profile}"],
-          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-      lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-      if proc.returncode != 0 or not lines:
-        status = 1
-        print(json.dumps({"benchmark": "train_step", "batch": batch, "xla": bool(xla),
-                          "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
-      else:
-        print(lines[-1], flush=True)
+  cases = [(int(b), int(x), p) for p in args.dtype_policy.split(",")
+           for b in args.batch_sizes.split(",") for x in args.xla.split(",")]
+  for batch, xla, policy in cases:
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), f"--case={batch},{xla}",
+         f"--crop={args.crop}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+         f"--profile={args.profile}", f"--dtype_policy={policy}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+      status = 1
+      print(json.dumps({"benchmark": "train_step", "batch": batch, "xla": bool(xla),
+                        "dtype_policy": policy,
+                        "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
+    else:
+      print(lines[-1], flush=True)
   return status
 
 

@@ -83,7 +83,9 @@ def run(mode: str, model_dir: str, files: DataFiles, train_steps: Optional[int] 
     raise FileNotFoundError(f"--dataset_info={info_path}: no such file")
   info = DatasetInfo.load(info_path)
   strategy = strategy or distribution.get_strategy()
-  policy = distribution.resolve_precision(mixed_precision)
+  if jit_compile is None:
+    jit_compile = distribution.default_jit_compile()
+  policy = distribution.resolve_precision(mixed_precision, jit_compile)
   keras.mixed_precision.set_global_policy(policy)
   if seed is not None:
     keras.utils.set_random_seed(seed)

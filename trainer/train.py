@@ -45,7 +45,8 @@ def define_flags():
   flags.DEFINE_bool("jit_compile", None,
                     "XLA-compile the train step (default: on GPU/TPU, off on CPU).")
   flags.DEFINE_bool("mixed_precision", False,
-                    "mixed_float16 on GPU (ignored on CPU, which trains in float32).")
+                    "mixed_float16 on GPU; mixed_bfloat16 on TPU and on CPUs with native "
+                    "bf16 (AVX512-BF16/AMX) when not --jit_compile; else float32.")
   flags.DEFINE_integer("seed", None, "Seed of model init and data order/augmentation.")
   flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
   flags.mark_flag_as_required("model_dir")

@@ -1,5 +1,6 @@
 """Trainer loop tests on the stand-in net: learning, NaN guard, exact resume after
 SIGTERM, MirroredStrategy == one device."""
+import json
 import os
 import signal
 import subprocess
@@ -161,3 +162,61 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert "SAME none 4" in proc.stdout and "SAME sync 7" in proc.stdout, proc.stdout
+
+
+def _kmax_batch(crop=33, batch=2, num_classes=5, seed=0):
+  """One (features, labels) batch of random rectangles for the real kMaX loss."""
+  from data.panoptic_targets import panoptic_targets  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  images, labels = [], []
+  for _ in range(batch):
+    panoptic = np.full((crop, crop), 4 * 256, np.int32)       # stuff background
+    for k in range(1, 5):
+      y, x = rng.integers(0, crop - 12, size=2)
+      cls = int(rng.integers(3))                               # things 0..2
+      panoptic[y:y + 12, x:x + 12] = cls * 256 + k
+    labels.append(panoptic_targets(tf.constant(panoptic), num_classes, [0, 1, 2],
+                                   256, 255, 8))
+    images.append(rng.uniform(0, 255, (crop, crop, 3)).astype(np.float32))
+  stacked = {k: tf.stack([l[k] for l in labels]) for k in labels[0]}
+  return {"image": tf.constant(np.stack(images))}, stacked
+
+
+def _train_tiny_kmax(model_dir, policy, steps=8):
+  """Losses of the real tiny kMaX model + KMaXLoss trained under `policy`."""
+  from deeplab2_kmax.layers.test_utils import TINY_MODEL_KWARGS, TINY_RESNET_KWARGS  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.losses.kmax_loss import KMaXLoss  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.model import build_model  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(policy)   # as experiment.run sets it
+  try:
+    model = build_model(5, backbone="resnet50", backbone_kwargs=TINY_RESNET_KWARGS,
+                        **TINY_MODEL_KWARGS)
+    loss = KMaXLoss(instance_discrimination_sample_k=256)
+    assert loss._matmul_dtype().name == policy.replace("mixed_", "")  # pylint: disable=protected-access
+    optimizer = optimizer_lib.build_optimizer(total_steps=steps,
+                                              base_learning_rate=5e-3, warmup_steps=1)
+    trainer = train_lib.Trainer(model, loss, optimizer, tf.distribute.get_strategy(),
+                                str(model_dir), steps_per_loop=4, checkpoint_every=0,
+                                progress=False)
+    dataset = tf.data.Dataset.from_tensors(_kmax_batch()).repeat()
+    trainer.train(dataset, steps)
+  finally:
+    keras.config.set_dtype_policy(previous)
+  history = (model_dir / "train" / "history.jsonl").read_text().splitlines()
+  return model, [json.loads(line)["losses/total"] for line in history]
+
+
+@pytest.mark.slow  # two tiny kMaX trainings (~40 s on 2 cores)
+def test_mixed_bfloat16_kmax_training_tracks_float32(tmp_path):
+  """The real tiny kMaX model under the CPU mixed-precision policy learns like float32."""
+  model, low = _train_tiny_kmax(tmp_path / "bf16", "mixed_bfloat16")
+  assert model.dtype_policy.name == "mixed_bfloat16"
+  assert all(v.dtype == "float32" for v in model.weights)   # float32 variables/ckpts
+  outputs = model(_kmax_batch(batch=1)[0]["image"], training=False)
+  assert outputs["mask_logits"].dtype == "float32"
+  _, full = _train_tiny_kmax(tmp_path / "f32", "float32")
+  assert low[-1] < 0.96 * low[0] and full[-1] < 0.96 * full[0], (low, full)
+  assert low[-1] != full[-1]                                  # bf16 really used
+  np.testing.assert_allclose(low, full, rtol=0.01)

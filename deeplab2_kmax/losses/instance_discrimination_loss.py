@@ -22,50 +22,74 @@ import tensorflow as tf
 from deeplab2_kmax.losses.ground_truth import GroundTruth
 
 _MASKED_LOGIT = -1e9
+_TINY = 1.1754944e-38  # smallest normal float32
 
 
 def _normalized_rows(x: tf.Tensor) -> tf.Tensor:
   return tf.math.l2_normalize(x, axis=-1)
 
 
-def gram_logsumexp(features: tf.Tensor, column_bias: tf.Tensor,
-                   temperature: float) -> tf.Tensor:
-  """lse_i = log sum_j exp(<f_i, f_j> / temperature + column_bias_j), [B, K].
+def gram_logsumexp(features: tf.Tensor, valid: tf.Tensor, temperature: float,
+                   matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
+  """lse_i = log sum_j valid_j exp(<f_i, f_j> / temperature), [B, K].
 
-  The same values as `reduce_logsumexp(einsum(f / t, f) + bias)`, with a hand-written
-  gradient that keeps no [K, K] tensor between the forward and the backward pass:
-  the backward recomputes the logits (one matmul) and, since they are symmetric in
-  f, gets d/df = (G + G^T) (f / t) with G = upstream * softmax in one matmul (the
-  automatic gradient takes two, and keeps exp(logits) alive: 64 MiB per output and
-  image at K = 4096). `column_bias` gets no gradient.
+  The same values as `reduce_logsumexp(einsum(f / t, f) + log(valid))` in fewer
+  passes over the [K, K] matrix (16M entries at K = 4096, seven times per step with
+  deep supervision). With one shift c per example that bounds every logit
+  (Cauchy-Schwarz: c = max_k |f_k|^2 / t, so no max pass) appended to the features as
+  one more column, a single matmul and one exp give the symmetric E = exp(logits - c);
+  the row sums s = E valid are a matrix-vector product and lse = c + log s. The
+  hand-written gradient never forms the softmax: with a = upstream / s,
+    d lse / d f = a * E (valid * f / t) + valid * E (a * f / t)
+  (E symmetric), one [K, K] x [K, 2D] matmul instead of the softmax, its scaling by
+  the upstream, a transpose, an add and a matmul (each a pass over the [K, K]
+  matrix). E is kept for the backward pass (64 MiB at K = 4096 in float32, as the
+  logits were before, 32 MiB in bfloat16). For L2-normalized features (the model's
+  embeddings) c = 1 / t, E in [exp(-2 / t), 1] and E_ii = 1; features whose squared
+  norms differ by more than ~80 t would underflow (the row sums are clamped to the
+  smallest normal float, so the result stays finite).
+
+  `matmul_dtype=tf.bfloat16` runs both matmuls and the exp in bfloat16 (oneDNN's
+  AVX512-BF16 path; the trainer's choice under the mixed_bfloat16 policy): ~1.6x
+  faster at K = 4096, D = 128 (7 outputs, forward + backward: 0.35 vs 0.53 s; the
+  former einsum/logsumexp form took 0.59 s), lse within ~4e-3 and gradients within
+  ~1% of float32. `valid` ([B, K], 1/0) gets no gradient.
   """
   features = tf.convert_to_tensor(features)
-  column_bias = tf.stop_gradient(tf.convert_to_tensor(column_bias))
-
-  def logits_of(feats):
-    scaled = feats / temperature
-    return scaled, (tf.einsum("bkd,bjd->bkj", scaled, feats) +
-                    column_bias[:, None, :])
+  valid = tf.stop_gradient(tf.cast(valid, features.dtype))
+  # One shift per example, >= every logit (Cauchy-Schwarz), so E stays symmetric.
+  shift = tf.stop_gradient(tf.reduce_max(
+      tf.reduce_sum(tf.square(features), axis=-1), axis=-1) / temperature)  # [B]
+  shift = tf.cast(tf.cast(shift, matmul_dtype), features.dtype)  # as the matmul sees it
 
   @tf.custom_gradient
   def forward(feats):
-    _, logits = logits_of(feats)
-    log_normalizer = tf.reduce_logsumexp(logits, axis=-1)
+    scaled = feats / temperature
+    rows = tf.concat([scaled, -tf.ones_like(valid)[..., None] * shift[:, None, None]],
+                     axis=-1)
+    cols = tf.concat([feats, tf.ones_like(valid)[..., None]], axis=-1)
+    e = tf.exp(tf.matmul(tf.cast(rows, matmul_dtype), tf.cast(cols, matmul_dtype),
+                         transpose_b=True))                          # [B, K, K]
+    sums = tf.matmul(e, tf.cast(valid[..., None], matmul_dtype))[..., 0]
+    sums = tf.maximum(tf.cast(sums, features.dtype), _TINY)          # [B, K]
 
     def grad(upstream):
-      scaled, logits = logits_of(feats)
-      weighted = tf.exp(logits - log_normalizer[..., None]) * upstream[..., None]
-      symmetric = weighted + tf.transpose(weighted, [0, 2, 1])
-      return tf.einsum("bkj,bjd->bkd", symmetric, scaled)
+      a = (tf.cast(upstream, features.dtype) / sums)[..., None]
+      v = valid[..., None]
+      both = tf.matmul(e, tf.cast(tf.concat([v * scaled, a * scaled], axis=-1),
+                                  matmul_dtype))                     # [B, K, 2D]
+      own, other = tf.split(tf.cast(both, features.dtype), 2, axis=-1)
+      return a * own + v * other
 
-    return log_normalizer, grad
+    return shift[:, None] + tf.math.log(sums), grad
 
   return forward(features)
 
 
 def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
                            sample_indices: tf.Tensor,
-                           temperature: float = 0.3) -> tf.Tensor:
+                           temperature: float = 0.3,
+                           matmul_dtype: tf.DType = tf.float32) -> tf.Tensor:
   """Per-example loss [B].
 
   Args:
@@ -73,6 +97,7 @@ def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
     gt: the GroundTruth (masks [B, P, M]).
     sample_indices: [B, K] int32 pixel indices (from pixel_sampling).
     temperature: divides the embedding dot products.
+    matmul_dtype: dtype of the [K, K] similarity matmuls (see `gram_logsumexp`).
   """
   embeddings = tf.cast(embeddings, tf.float32)
   features = tf.gather(embeddings, sample_indices, batch_dims=1)    # [B, K, D]
@@ -90,8 +115,8 @@ def pixel_contrastive_loss(embeddings: tf.Tensor, gt: GroundTruth,
   same_count = tf.einsum("bkm,bm->bk", onehot, segment_count)       # [B, K] = n_i
   own_sum = tf.einsum("bkm,bmd->bkd", onehot, segment_sum)          # [B, K, D]
   target_logit_sum = tf.reduce_sum(scaled * own_sum, axis=-1)       # sum_j same l
-  log_normalizer = gram_logsumexp(features, (1.0 - sample_valid) * _MASKED_LOGIT,
-                                  temperature)                      # [B, K]
+  log_normalizer = gram_logsumexp(features, sample_valid, temperature,
+                                  matmul_dtype)                     # [B, K]
   denominator = tf.maximum(same_count, 1.0)
   cross_entropy = (log_normalizer * (same_count / denominator) -
                    target_logit_sum / denominator)

@@ -30,6 +30,7 @@ total = pq_style_weight * pq_style + mask_id_weight * mask_id
 from typing import Any, Mapping, Optional
 
 import gin
+import keras
 import tensorflow as tf
 
 from deeplab2_kmax.losses.ground_truth import flatten_pixels
@@ -62,6 +63,7 @@ class KMaXLoss:
                instance_discrimination_temperature: float = 0.3,
                instance_discrimination_sample_k: int = 4096,
                instance_discrimination_sample_temperature: float = 1.5,
+               instance_discrimination_matmul_dtype: Optional[str] = None,
                semantic_sample_k: int = 0,
                semantic_sample_temperature: float = 2.0,
                semantic_top_k_percent: float = 1.0,
@@ -78,6 +80,10 @@ class KMaXLoss:
         over all thing pixels.
       instance_discrimination_sample_temperature: multiplies log inverse segment area
         in the sampling logits (1.5).
+      instance_discrimination_matmul_dtype: dtype of the pixel-contrastive loss's
+        [K, K] similarity matmuls ("float32" or "bfloat16"). None (default): the
+        compute dtype of the Keras global dtype policy when the loss is called, i.e.
+        bfloat16 when the trainer trains under mixed_bfloat16, else float32.
       semantic_sample_k: 0 (default, all pixels, as deeplab2's public code does) or
         the number of pixels sampled like the instance-discrimination pixels.
       semantic_sample_temperature: sampling temperature for semantic_sample_k (2.0).
@@ -104,6 +110,10 @@ class KMaXLoss:
     self.instance_discrimination_sample_k = int(instance_discrimination_sample_k)
     self.instance_discrimination_sample_temperature = float(
         instance_discrimination_sample_temperature)
+    if instance_discrimination_matmul_dtype not in (None, "float32", "bfloat16"):
+      raise ValueError("instance_discrimination_matmul_dtype must be None, 'float32' "
+                       f"or 'bfloat16', got {instance_discrimination_matmul_dtype!r}")
+    self.instance_discrimination_matmul_dtype = instance_discrimination_matmul_dtype
     self.semantic_sample_k = int(semantic_sample_k)
     self.semantic_sample_temperature = float(semantic_sample_temperature)
     self.semantic_top_k_percent = float(semantic_top_k_percent)
@@ -130,7 +140,14 @@ class KMaXLoss:
         gt.inverse_area, gt.in_segment, self.instance_discrimination_sample_k,
         self.instance_discrimination_sample_temperature, layer_seed)
     return pixel_contrastive_loss(embeddings, gt, indices,
-                                  self.instance_discrimination_temperature)
+                                  self.instance_discrimination_temperature,
+                                  self._matmul_dtype())
+
+  def _matmul_dtype(self) -> tf.DType:
+    name = self.instance_discrimination_matmul_dtype
+    if name is None:
+      name = keras.config.dtype_policy().compute_dtype
+    return tf.bfloat16 if name == "bfloat16" else tf.float32
 
   def _semantic(self, outputs: Mapping[str, Any], gt: GroundTruth,
                 seed: Optional[tf.Tensor]) -> tf.Tensor:

@@ -233,3 +233,26 @@ def test_bfloat16_outputs_are_accepted():
   full, half = _numpy(loss(outputs, labels)), _numpy(loss(low, labels))
   assert all(v.dtype == tf.float32 for v in loss(low, labels).values())
   np.testing.assert_allclose(half["total"], full["total"], rtol=0.05)
+
+
+def test_instance_discrimination_matmul_dtype_follows_the_global_policy():
+  import keras  # pylint: disable=g-import-not-at-top
+  outputs, labels = _case(num_aux=1)
+  exact = _numpy(KMaXLoss()(outputs, labels, seed=SEED))
+  forced = _numpy(KMaXLoss(instance_discrimination_matmul_dtype="bfloat16")(
+      outputs, labels, seed=SEED))
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy("mixed_bfloat16")
+  try:
+    auto = _numpy(KMaXLoss()(outputs, labels, seed=SEED))
+    pinned = _numpy(KMaXLoss(instance_discrimination_matmul_dtype="float32")(
+        outputs, labels, seed=SEED))
+  finally:
+    keras.config.set_dtype_policy(previous)
+  assert auto == forced and pinned == exact      # the same sampled pixels
+  key = "instance_discrimination"
+  assert auto[key] != exact[key]                 # bfloat16 matmuls really used
+  np.testing.assert_allclose(auto[key], exact[key], rtol=2e-3)
+  assert auto["pq_style"] == exact["pq_style"]   # other terms stay float32
+  with pytest.raises(ValueError, match="instance_discrimination_matmul_dtype"):
+    KMaXLoss(instance_discrimination_matmul_dtype="float16")
