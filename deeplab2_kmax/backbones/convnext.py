@@ -31,6 +31,7 @@ from keras import ops
 from deeplab2_kmax.layers import drop_path
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
+from deeplab2_kmax.layers import xla_paths
 
 CONVNEXT_PRESETS = {
     "convnext_tiny": {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)},
@@ -86,7 +87,12 @@ class ConvNeXtBlock(keras.layers.Layer):
           initializer=keras.initializers.Constant(self.layer_scale_init_value))
 
   def call(self, x, training=False):
-    y = self.depthwise_conv(x)
+    if not training and xla_paths.compiled_by_xla():
+      # XLA:CPU runs depthwise convs as a naive loop; see layers/xla_paths.
+      y = xla_paths.shifted_depthwise_conv(x, self.depthwise_conv.kernel, 1,
+                                           self.depthwise_conv.bias)
+    else:
+      y = self.depthwise_conv(x)
     y = self.norm(y)
     y = self.pointwise_conv1(y)
     y = _gelu(y)

@@ -79,3 +79,20 @@ def test_convnext_param_counts(name, expected):
 def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="4 depths"):
     convnext.ConvNeXt(depths=(1, 1, 1), dims=(8, 16, 32))
+
+
+def test_tiny_convnext_under_xla_equals_graph():
+  # Under jit_compile (inference) the 7x7 depthwise convs are shifted-slice sums
+  # (layers/xla_paths); the endpoints must equal graph mode's library conv.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model = convnext.ConvNeXt(**TINY, layer_scale_init_value=1.0)
+  x = tf.constant(np.random.RandomState(3).randn(1, 37, 41, 3).astype("float32"))
+  model(x)
+  for w in model.weights:  # non-zero biases so that their path is checked too
+    if "depthwise_conv" in w.path and "bias" in w.path:
+      w.assign(np.random.RandomState(4).randn(*w.shape).astype("float32"))
+  graph = tf.function(lambda a: model(a, training=False))(x)
+  xla = tf.function(lambda a: model(a, training=False), jit_compile=True)(x)
+  for key in ("res2", "res3", "res4", "res5"):
+    np.testing.assert_allclose(xla[key].numpy(), graph[key].numpy(),
+                               rtol=1e-4, atol=1e-4)

@@ -103,3 +103,21 @@ def test_atrous_conv_wider_than_the_map_is_its_centre_tap():
         tape.gradient(fast_loss, source).numpy(),
         tape.gradient(reference_loss, source).numpy(),
         rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_bn,dilation", [(True, 1), (False, 2)])
+def test_separable_conv_under_xla_equals_graph(use_bn, dilation):
+  # Under jit_compile the depthwise conv is a shifted-slice sum (xla_paths); it must
+  # give the library conv's numbers (graph mode), BN folded or conv bias.
+  rng = np.random.default_rng(4)
+  layer = convolutions.DepthwiseSeparableConv(6, 5, dilation_rate=dilation,
+                                              use_bn=use_bn, activation="gelu")
+  x = tf.constant(rng.normal(size=(2, 9, 11, 8)).astype("float32"))
+  layer(x)
+  test_utils.randomize_batch_norms(layer, rng)
+  if not use_bn:
+    layer.depthwise.bias.assign(rng.normal(size=8).astype("float32"))
+  graph = tf.function(lambda a: layer(a, training=False))(x)
+  xla = tf.function(lambda a: layer(a, training=False), jit_compile=True)(x)
+  np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=1e-5, atol=1e-5)
+  assert float(tf.reduce_max(tf.abs(graph))) > 0.5
