@@ -52,12 +52,14 @@ _S4 = _stage([[(b, 1.0)] for b in range(4)] + [_mid(b, 8 + b) for b in range(4)]
 def interpolate_cells(corners: tf.Tensor, axis: int = -2) -> tf.Tensor:
   """Corner logits -> logits of the cells' 4x4 pixels (row-major), along `axis`:
   [..., 4, N] -> [..., 16, N] (axis=-2) or [Q, 4] -> [Q, 16] (axis=-1)."""
-  if axis == -2:
-    apply = lambda s, x: tf.matmul(tf.constant(s), x)  # pylint: disable=unnecessary-lambda-assignment
-  elif axis == -1:
-    apply = lambda s, x: tf.matmul(x, tf.constant(s), transpose_b=True)  # pylint: disable=unnecessary-lambda-assignment
-  else:
+  if axis not in (-2, -1):
     raise ValueError(f"axis must be -2 or -1, got {axis}")
+
+  def apply(stage, x):
+    if axis == -2:
+      return tf.matmul(tf.constant(stage), x)
+    return tf.matmul(x, tf.constant(stage), transpose_b=True)
+
   x = tf.concat([corners, apply(_S1, corners)], axis)
   rows = apply(_S2, x)
   return apply(_S4, tf.concat([rows, apply(_S3, rows)], axis))
@@ -101,6 +103,23 @@ def upsample_mask_logits(mask_logits: tf.Tensor) -> tf.Tensor:
   shape = tf.shape(mask_logits)
   pixels = cells_to_pixels(interpolate_cells(all_cell_corners(pad_grid(mask_logits))))
   return pixels[:, :4 * (shape[1] - 1) + 1, :4 * (shape[2] - 1) + 1]
+
+
+def crop_grid(mask_logits, output_size, original_size):
+  """-> (grid points covering the crop, crop height, crop width). output_size (H, W)
+  must be the full upsampled size; original_size (h, w) <= (H, W) or None."""
+  shape = tf.shape(mask_logits)
+  full_h, full_w = 4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1
+  if output_size is not None:
+    tf.debugging.assert_equal(
+        tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
+        message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
+        "mask logits of a 4k+1 input)")
+  if original_size is None:
+    return mask_logits, full_h, full_w
+  crop_h = tf.minimum(original_size[0], full_h)
+  crop_w = tf.minimum(original_size[1], full_w)
+  return mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :], crop_h, crop_w
 
 
 def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor) -> tf.Tensor:

@@ -39,26 +39,12 @@ import tensorflow as tf
 from deeplab2_kmax.mask_upsampling import all_cell_corners
 from deeplab2_kmax.mask_upsampling import cell_argmax
 from deeplab2_kmax.mask_upsampling import cells_to_pixels
+from deeplab2_kmax.mask_upsampling import crop_grid
 from deeplab2_kmax.mask_upsampling import gather_cell_corners
 from deeplab2_kmax.mask_upsampling import interpolate_cells
 from deeplab2_kmax.mask_upsampling import pad_grid
-from deeplab2_kmax.mask_upsampling import upsample_mask_logits  # pylint: disable=unused-import (re-exported)
-
-
-def _crop(mask_logits, output_size, original_size):
-  """(grid points covering the crop, crop height, crop width)."""
-  shape = tf.shape(mask_logits)
-  full_h, full_w = 4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1
-  if output_size is not None:
-    tf.debugging.assert_equal(
-        tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
-        message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
-        "mask logits of a 4k+1 input)")
-  if original_size is None:
-    return mask_logits, full_h, full_w
-  crop_h = tf.minimum(original_size[0], full_h)
-  crop_w = tf.minimum(original_size[1], full_w)
-  return mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :], crop_h, crop_w
+# upsample_mask_logits is also re-exported for callers of this module.
+from deeplab2_kmax.mask_upsampling import upsample_mask_logits  # pylint: disable=unused-import
 
 
 def _scatter_add(values, segment_ids, num_segments):
@@ -272,13 +258,14 @@ class MaskWiseMerger:
     p2 = tf.gather_nd(probs, tf.concat([where2, tf.cast(i2, tf.int64)[:, None]], -1))
     cov2 = tf.cast(cov2, tf.float32)
     ids2 = i2 + b2 * n
-    total = _scatter_add(p1 * cov1, ids, batch * n) + _scatter_add(p2 * cov2, ids2, batch * n)
+    total = (_scatter_add(p1 * cov1, ids, batch * n)
+             + _scatter_add(p2 * cov2, ids2, batch * n))
     count = _scatter_add(cov1, ids, batch * n) + _scatter_add(cov2, ids2, batch * n)
     return tf.reshape(tf.math.divide_no_nan(total, count), [batch, n])
 
   def mask_scores(self, logits: tf.Tensor) -> tf.Tensor:
     """[B, N] mean probability inside each binary mask, on the stride-4 grid points
-    covering the original image (`_crop`).
+    covering the original image (`crop_grid`).
 
     deeplab2's kMaX hands the post-processor stride-4 logits and computes these
     ordering scores before upsampling (only painting and areas use full resolution).
@@ -301,7 +288,7 @@ class MaskWiseMerger:
       raise ValueError(f"{num_masks} masks need instance ids up to {num_masks}, which "
                        f"must stay below label_divisor={self.label_divisor}")
     cls, conf, is_thing, confident = self.classify(class_logits)
-    logits, crop_h, crop_w = _crop(mask_logits, output_size, original_size)
+    logits, crop_h, crop_w = crop_grid(mask_logits, output_size, original_size)
     code, where2, cov2, i2, mask_score, argmax = self.pixel_masks(logits, crop_h, crop_w)
     batch = tf.shape(code)[0]
     n = num_masks
@@ -314,7 +301,8 @@ class MaskWiseMerger:
     b2 = tf.cast(where2[:, 0], tf.int32)
     seg2 = i2 + b2 * n
     cov2_f = tf.cast(cov2, tf.float32)
-    area = (tf.reshape(_count(code_id, batch * (n + 1), self.xla_compatible), [batch, n + 1])[:, :n]
+    count1 = _count(code_id, batch * (n + 1), self.xla_compatible)
+    area = (tf.reshape(count1, [batch, n + 1])[:, :n]
             + tf.reshape(_scatter_add(cov2_f, seg2, batch * n), [batch, n]))
     # Pairwise overlaps: pixels covered by two masks.
     pair_id = b2 * n * n + i1_at * n + i2
@@ -354,7 +342,8 @@ class MaskWiseMerger:
     owner_rank = tf.tensor_scatter_nd_min(owner_rank, where2, rank2)
     # Painted areas per mask (in rank space), then deeplab2's area filters.
     owner_id = owner_rank + offsets
-    painted_s = tf.reshape(_count(owner_id, batch * (n + 1), self.xla_compatible), [batch, n + 1])[:, :n]
+    painted_s = tf.reshape(_count(owner_id, batch * (n + 1), self.xla_compatible),
+                           [batch, n + 1])[:, :n]
     cls_s = tf.gather(cls, order, batch_dims=1)
     thing_s = tf.gather(is_thing, order, batch_dims=1)
     stuff_kept = keep_s & ~thing_s
