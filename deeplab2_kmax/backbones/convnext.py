@@ -28,6 +28,7 @@ from typing import Sequence
 import keras
 from keras import ops
 
+from deeplab2_kmax.layers import depthwise_gradient
 from deeplab2_kmax.layers import drop_path
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
@@ -91,6 +92,10 @@ class ConvNeXtBlock(keras.layers.Layer):
       # XLA:CPU runs depthwise convs as a naive loop; see layers/xla_paths.
       y = xla_paths.shifted_depthwise_conv(x, self.depthwise_conv.kernel, 1,
                                            self.depthwise_conv.bias)
+    elif training and depthwise_gradient.applies(7, 1, 1):
+      # Its kernel gradient as one depthwise conv (see layers/depthwise_gradient).
+      y = depthwise_gradient.depthwise_conv(x, self.depthwise_conv.kernel,
+                                            self.depthwise_conv.bias)
     else:
       y = self.depthwise_conv(x)
     y = self.norm(y)

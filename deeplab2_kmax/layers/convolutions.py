@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from deeplab2_kmax.layers import bn_folding
+from deeplab2_kmax.layers import depthwise_gradient
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import xla_paths
 
@@ -216,6 +217,14 @@ class DepthwiseSeparableConv(keras.layers.Layer):
       x = ops.depthwise_conv(
           x, kernel, strides=self.depthwise.strides, padding=self.depthwise.padding,
           dilation_rate=self.depthwise.dilation_rate) + affine[1]
+    elif training and depthwise_gradient.applies(self.kernel_size, self.strides,
+                                                 self.dilation_rate):
+      # Same conv; its kernel gradient as one depthwise conv (~12x faster, see
+      # depthwise_gradient).
+      x = depthwise_gradient.depthwise_conv(x, self.depthwise.kernel,
+                                            self.depthwise.bias)
+      if self.depthwise_bn is not None:
+        x = self.depthwise_bn(x, training=training)
     else:
       x = self.depthwise(x)
       if self.depthwise_bn is not None:

@@ -74,6 +74,38 @@ def test_fused_training_path_matches_keras(shape, axis, compiled):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
+def test_fused_training_path_bfloat16_inputs():
+  """bf16 activations go into the fused op as they are: the same numbers as casting
+  them to float32 first (statistics in float32), bf16 output, float32 moving stats."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  shape = (2, 9, 7, 16)
+  x = tf.constant(rng.normal(2.0, 3.0, shape).astype("float32"))
+  upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+  results = []
+  for dtype in ("mixed_bfloat16", "float32"):
+    layer = normalization.BatchNormalization(dtype=dtype)
+    layer.build(shape)
+    inputs = tf.cast(tf.cast(x, tf.bfloat16), tf.float32 if dtype == "float32" else
+                     tf.bfloat16)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      y = layer(inputs, training=True)
+      loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    grads = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+    results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy()))
+  (y16, g16, mean16, var16), (y32, g32, mean32, var32) = results
+  assert y16.dtype == tf.bfloat16 and g16[0].dtype == tf.bfloat16
+  assert layer._use_fused(x, True, None)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(mean16, mean32)   # float32 statistics of the same values
+  np.testing.assert_allclose(var16, var32, rtol=1e-6)
+  np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), y32.numpy(),
+                             rtol=1e-2, atol=2e-2)
+  for got, want in zip(g16, g32):
+    np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want.numpy(),
+                               rtol=2e-2, atol=2e-2 * np.abs(want.numpy()).max())
+
+
 def test_fused_layer_keeps_keras_layout():
   import keras  # pylint: disable=g-import-not-at-top
   bn = normalization.batch_norm(name="bn", gamma_initializer="zeros")
