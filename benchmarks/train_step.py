@@ -122,7 +122,8 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
         profile) if profile else None)
   ref_time, ref_mem = DEEPLAB2.get(batch, (None, None))
   return {"benchmark": "train_step", "model": "kmax_r50_coco", "crop": crop,
-          "batch": batch, "xla": xla, "dtype_policy": dtype_policy, "median_s": round(statistics.median(times), 4),
+          "batch": batch, "xla": xla, "dtype_policy": dtype_policy,
+          "median_s": round(statistics.median(times), 4),
           "min_s": round(min(times), 4), "steps": steps, "peak_rss_gib": round(peak_gib, 3),
           "loss": round(loss, 4), "deeplab2_median_s": ref_time,
           "deeplab2_peak_gib": ref_mem,

@@ -17,16 +17,10 @@ the five-stage Cityscapes decoder), Hs = ceil(H / s) for `32k + 1` inputs:
                         resizing six [Hs, Ws, N] maps costs ~8% of an R50 forward)
   "cluster_assignments" one int32 [B, h_l, w_l] argmax map per k-means decoder layer
 
-Tiny CPU configuration (what tests use; bind the same names in gin):
-  build_model(num_classes=3, backbone=<tiny backbone or "resnet50" with
-      backbone_kwargs={"depths": (1, 1, 1, 1), "width_multiplier": 0.125,
-                       "stem_width_multiplier": 0.25}>,
-      num_queries=16, pixel_decoder_dims=(16, 8, 8, 8), axial_num_heads=2,
-      pixel_decoder_blocks=(1, 1, 1, 1), decoder_layers=(1, 1, 1),
-      decoder_channels=32, decoder_key_depth=16, decoder_value_depth=32,
-      decoder_num_heads=2, ffn_channels=64, embedding_dim=16,
-      pixel_head_channels=32, semantic_channels=16,
-      semantic_low_level_channels=(8, 8))
+Tiny CPU configuration (what tests use): `build_model(num_classes, backbone="resnet50",
+backbone_kwargs=layers.test_utils.TINY_RESNET_KWARGS, **layers.test_utils.TINY_MODEL_KWARGS)`
+(the same architecture with small widths). In gin bind the same names;
+configs/synthetic/kmax_tiny.gin does so with somewhat larger widths for the demo.
 """
 
 import contextlib

@@ -208,7 +208,7 @@ def _train_tiny_kmax(model_dir, policy, steps=8):
   return model, [json.loads(line)["losses/total"] for line in history]
 
 
-@pytest.mark.slow  # two tiny kMaX trainings (~40 s on 2 cores)
+@pytest.mark.slow  # two tiny kMaX trainings (~85 s on 2 cores)
 def test_mixed_bfloat16_kmax_training_tracks_float32(tmp_path):
   """The real tiny kMaX model under the CPU mixed-precision policy learns like float32."""
   model, low = _train_tiny_kmax(tmp_path / "bf16", "mixed_bfloat16")

@@ -92,7 +92,8 @@ class ConvNeXtBlock(keras.layers.Layer):
       # XLA:CPU runs depthwise convs as a naive loop; see layers/xla_paths.
       y = xla_paths.shifted_depthwise_conv(x, self.depthwise_conv.kernel, 1,
                                            self.depthwise_conv.bias)
-    elif training and depthwise_gradient.applies(7, 1, 1):
+    elif training and depthwise_gradient.applies(
+        self.depthwise_conv.kernel_size[0], 1, 1):
       # Its kernel gradient as one depthwise conv (see layers/depthwise_gradient).
       y = depthwise_gradient.depthwise_conv(x, self.depthwise_conv.kernel,
                                             self.depthwise_conv.bias)

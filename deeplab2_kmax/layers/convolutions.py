@@ -223,12 +223,10 @@ class DepthwiseSeparableConv(keras.layers.Layer):
       # depthwise_gradient).
       x = depthwise_gradient.depthwise_conv(x, self.depthwise.kernel,
                                             self.depthwise.bias)
-      if self.depthwise_bn is not None:
-        x = self.depthwise_bn(x, training=training)
     else:
       x = self.depthwise(x)
-      if self.depthwise_bn is not None:
-        x = self.depthwise_bn(x, training=training)
+    if affine is None and self.depthwise_bn is not None:  # not folded above
+      x = self.depthwise_bn(x, training=training)
     x = self._act(x)
     return self.pointwise(x, training=training)
 

@@ -21,10 +21,11 @@ naive loops, and JAX differentiates the plain conv itself); `applies` says when.
 import keras
 from keras import ops
 
+from deeplab2_kmax.layers import xla_paths
+
 
 def applies(kernel_size: int, strides: int, dilation_rate: int) -> bool:
   """Whether `depthwise_conv` should be used for a layer with these settings now."""
-  from deeplab2_kmax.layers import xla_paths  # pylint: disable=g-import-not-at-top
   return (keras.backend.backend() == "tensorflow" and strides == 1 and
           dilation_rate == 1 and kernel_size % 2 == 1 and
           not xla_paths.compiled_by_xla())
@@ -54,10 +55,7 @@ def depthwise_conv(x, kernel, bias=None):
     bias: optional [C].
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  k = int(kernel.shape[0])
-  if kernel.shape[1] != k or k % 2 != 1 or kernel.shape[-1] != 1:
-    raise ValueError(f"depthwise_conv: need a square odd k×k×C×1 kernel, got "
-                     f"{kernel.shape}")
+  k = xla_paths.odd_square_kernel_size(kernel, "depthwise_conv")
   # The cast is outside the custom gradient, so the variable's gradient comes back in
   # its own dtype through the cast's gradient.
   kernel = tf.cast(kernel, x.dtype)

@@ -84,3 +84,13 @@ def test_applies_only_to_stride1_undilated_outside_xla():
   tf.function(lambda: seen.append(depthwise_gradient.applies(5, 1, 1)) or 0.0,
               jit_compile=True)()
   assert seen == [False]
+
+
+def test_bad_kernels_are_refused_naming_the_function():
+  from deeplab2_kmax.layers import xla_paths  # pylint: disable=g-import-not-at-top
+  x = tf.zeros([1, 8, 8, 4])
+  for shape in ((4, 4, 4, 1), (3, 5, 4, 1), (3, 3, 4, 2)):  # even, not square, mult 2
+    with pytest.raises(ValueError, match=r"depthwise_conv: need a square odd"):
+      depthwise_gradient.depthwise_conv(x, tf.zeros(shape))
+    with pytest.raises(ValueError, match=r"shifted_depthwise_conv: need a square odd"):
+      xla_paths.shifted_depthwise_conv(x, tf.zeros(shape))

@@ -51,6 +51,15 @@ def _tap_slice(offset: int, total_pad: int):
   return slice(offset, end if end < 0 else None)
 
 
+def odd_square_kernel_size(kernel, caller: str) -> int:
+  """k of a [k, k, C, 1] depthwise kernel (depth multiplier 1, k odd), else ValueError."""
+  k = int(kernel.shape[0])
+  if kernel.shape[1] != k or k % 2 != 1 or kernel.shape[-1] != 1:
+    raise ValueError(f"{caller}: need a square odd k×k×C×1 kernel, got "
+                     f"{kernel.shape}.")
+  return k
+
+
 def shifted_depthwise_conv(x, kernel, dilation_rate: int = 1, bias=None):
   """Stride-1 'same' depthwise conv of NHWC `x` as a sum of shifted slices.
 
@@ -63,10 +72,7 @@ def shifted_depthwise_conv(x, kernel, dilation_rate: int = 1, bias=None):
     dilation_rate: int.
     bias: optional [C], added at the end (fused into the same loop).
   """
-  k = int(kernel.shape[0])
-  if kernel.shape[1] != k or k % 2 != 1 or kernel.shape[-1] != 1:
-    raise ValueError(f"shifted_depthwise_conv: need a square odd k×k×C×1 kernel, "
-                     f"got {kernel.shape}.")
+  k = odd_square_kernel_size(kernel, "shifted_depthwise_conv")
   d = int(dilation_rate)
   pad = (k // 2) * d
   kernel = ops.cast(kernel, x.dtype)
