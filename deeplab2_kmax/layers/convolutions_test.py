@@ -105,6 +105,33 @@ def test_atrous_conv_wider_than_the_map_is_its_centre_tap():
         rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dilation,size", [(2, (7, 9)), (3, (5, 11))])
+def test_atrous_conv_is_native_and_equals_the_keras_conv(dilation, size):
+  # ConvBN's atrous conv is tf.nn.conv2d with native dilations (no SpaceToBatchND
+  # detour); outputs and the gradients of input, kernel and bias equal Keras' Conv2D.
+  layer = convolutions.ConvBN(5, 3, dilation_rate=dilation, use_bn=False,
+                              use_bias=True)
+  x = tf.random.stateless_normal([2, *size, 4], [0, 2])
+  layer(x)
+  layer.conv.bias.assign(tf.linspace(-1.0, 1.0, 5))
+  assert layer._atrous_taps(x) is None
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    fast, reference = layer(x), layer.conv(x)
+    fast_loss = tf.reduce_sum(fast * fast)
+    reference_loss = tf.reduce_sum(reference * reference)
+  assert fast.shape == (2, *size, 5)
+  np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+  for source in (x, layer.conv.kernel, layer.conv.bias):
+    np.testing.assert_allclose(
+        tape.gradient(fast_loss, source).numpy(),
+        tape.gradient(reference_loss, source).numpy(), rtol=1e-4, atol=1e-4)
+  graph = tf.function(lambda t: layer(t)).get_concrete_function(
+      tf.TensorSpec([1, None, None, 4])).graph
+  op_types = {op.type for op in graph.get_operations()}
+  assert "SpaceToBatchND" not in op_types and "Conv2D" in op_types
+
+
 @pytest.mark.parametrize("use_bn,dilation", [(True, 1), (False, 2)])
 def test_separable_conv_under_xla_equals_graph(use_bn, dilation):
   # Under jit_compile the depthwise conv is a shifted-slice sum (xla_paths); it must
