@@ -29,6 +29,18 @@ from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
 
 
+def project(x, kernel):
+  """[B, L, C] x [C, D] -> [B, L, D] as one 2-D matmul.
+
+  `ops.einsum("blc,cd->bld")` is a broadcasting BatchMatMulV2 on TensorFlow, whose
+  kernel gradient is B separate [C, D] products and a Sum over them; flattened to
+  [B*L, C], the kernel gradient is one matmul (the same values).
+  """
+  shape = ops.shape(x)
+  y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), kernel)
+  return ops.reshape(y, (shape[0], shape[1], kernel.shape[-1]))
+
+
 def relative_distance_index(length, max_span: int):
   """[L, L] int32 table index of relative distance (j - i), clipped to the table."""
   positions = ops.arange(length, dtype="int32")
@@ -115,11 +127,11 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
     heads = self.num_heads
     dk = self.key_depth // heads
     dv = self.value_depth // heads
-    qkv = ops.einsum("blc,cd->bld", x, ops.cast(self.qkv_kernel, x.dtype))
+    qkv = project(x, ops.cast(self.qkv_kernel, x.dtype))
     qkv = self.qkv_bn(qkv, training=training)
-    q = qkv[..., :self.key_depth]
-    k = qkv[..., self.key_depth:2 * self.key_depth]
-    v = qkv[..., 2 * self.key_depth:]
+    # A split (its gradient is one concat), not three slices (three zero-padded
+    # slice gradients and their sum).
+    q, k, v = ops.split(qkv, [self.key_depth, 2 * self.key_depth], axis=-1)
     q = ops.reshape(q, (-1, length, heads, dk))
     k = ops.reshape(k, (-1, length, heads, dk))
     v = ops.reshape(v, (-1, length, heads, dv))
@@ -175,10 +187,11 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
     column_shift = qkv_shift * ops.concatenate([ones, content_scale], axis=0)
     # In the compute dtype: the kernel arrives autocast to it (mixed precision).
     kernel = ops.cast(self.qkv_kernel, dtype) * ops.cast(column_scale, dtype)
-    qkv = ops.einsum("blc,cd->bld", x, kernel) + ops.cast(column_shift, dtype)
-    q = ops.reshape(qkv[..., :self.key_depth], (-1, length, heads, dk))
-    k = ops.reshape(qkv[..., self.key_depth:2 * self.key_depth], (-1, length, heads, dk))
-    v = ops.reshape(qkv[..., 2 * self.key_depth:], (-1, length, heads, dv))
+    qkv = project(x, kernel) + ops.cast(column_shift, dtype)
+    q, k, v = ops.split(qkv, [self.key_depth, 2 * self.key_depth], axis=-1)
+    q = ops.reshape(q, (-1, length, heads, dk))
+    k = ops.reshape(k, (-1, length, heads, dk))
+    v = ops.reshape(v, (-1, length, heads, dv))
     head_scales = [ops.cast(bn_folding.folded_scale(bn, False), dtype)[:, None]
                    for bn in self.similarity_bns]  # [heads, 1] each
     logits = ops.einsum("blhd,bmhd->bhlm", q * head_scales[0], k)
