@@ -148,3 +148,29 @@ def test_separable_conv_under_xla_equals_graph(use_bn, dilation):
   xla = tf.function(lambda a: layer(a, training=False), jit_compile=True)(x)
   np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=1e-5, atol=1e-5)
   assert float(tf.reduce_max(tf.abs(graph))) > 0.5
+
+
+@pytest.mark.parametrize("size", [(9, 7), (8, 6), (1, 2)])
+def test_strided_1x1_conv_subsamples_then_convolves(size):
+  # A strided 1x1 ConvBN subsamples the stride grid and runs a stride-1 1x1 conv:
+  # outputs and the gradients of input, kernel and bias equal Keras' strided Conv2D.
+  layer = convolutions.ConvBN(5, 1, strides=2, use_bn=False, use_bias=True)
+  x = tf.random.stateless_normal([2, *size, 3], [0, 3])
+  layer(x)
+  layer.conv.bias.assign(tf.linspace(-1.0, 1.0, 5))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    fast, reference = layer(x), layer.conv(x)
+    fast_loss = tf.reduce_sum(fast * fast)
+    reference_loss = tf.reduce_sum(reference * reference)
+  assert fast.shape == (2, -(-size[0] // 2), -(-size[1] // 2), 5)
+  np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-6, atol=1e-6)
+  for source in (x, layer.conv.kernel, layer.conv.bias):
+    np.testing.assert_allclose(
+        tape.gradient(fast_loss, source).numpy(),
+        tape.gradient(reference_loss, source).numpy(), rtol=1e-5, atol=1e-5)
+  graph = tf.function(lambda t: layer(t)).get_concrete_function(
+      tf.TensorSpec([1, None, None, 3])).graph
+  strides = [op.get_attr("strides") for op in graph.get_operations()
+             if op.type == "Conv2D"]
+  assert strides == [[1, 1, 1, 1]]
