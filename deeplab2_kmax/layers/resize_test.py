@@ -48,3 +48,37 @@ def test_dynamic_shapes_graph_and_xla():
   np.testing.assert_allclose(graph(x, tf.constant([5, 7])).numpy(), expected,
                              atol=1e-5)
   np.testing.assert_allclose(xla(x).numpy(), expected, atol=1e-5)
+
+
+def test_graph_mode_native_kernel_equals_gather_form_with_gradients():
+  # Outside XLA on TF the resize is TF's ResizeBilinear(align_corners=True); values
+  # and input gradients equal the gather form (used under XLA / on JAX), in float32
+  # and (to bfloat16 rounding) in bfloat16.
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.normal(size=(2, 5, 9, 3)).astype("float32"))
+  w = tf.constant(rng.normal(size=(2, 17, 33, 3)).astype("float32"))
+
+  def gather_form(t):
+    return resize._resize_axis(resize._resize_axis(t, 17, 1), 33, 2)
+
+  for dtype, tol in ((tf.float32, 1e-5), (tf.bfloat16, 5e-2)):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(x)
+      native = resize.resize_align_corners(tf.cast(x, dtype), (17, 33))
+      reference = gather_form(tf.cast(x, dtype))
+      native_loss = tf.reduce_sum(tf.cast(native, tf.float32) * w)
+      reference_loss = tf.reduce_sum(tf.cast(reference, tf.float32) * w)
+    assert native.dtype == dtype and native.shape == (2, 17, 33, 3)
+    np.testing.assert_allclose(tf.cast(native, tf.float32).numpy(),
+                               _numpy_resize(x.numpy(), 17, 33), atol=tol)
+    np.testing.assert_allclose(tape.gradient(native_loss, x).numpy(),
+                               tape.gradient(reference_loss, x).numpy(),
+                               atol=tol * 10, rtol=tol)
+  graph = tf.function(lambda t: resize.resize_align_corners(t, (9, 9)))
+  ops_in = {op.type for op in graph.get_concrete_function(
+      tf.TensorSpec([1, 5, 5, 2])).graph.get_operations()}
+  assert "ResizeBilinear" in ops_in and "GatherV2" not in ops_in
+  xla = tf.function(lambda t: resize.resize_align_corners(t, (9, 9)), jit_compile=True)
+  ops_xla = {op.type for op in xla.get_concrete_function(
+      tf.TensorSpec([1, 5, 5, 2])).graph.get_operations()}
+  assert "ResizeBilinear" not in ops_xla
