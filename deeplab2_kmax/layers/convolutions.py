@@ -236,16 +236,7 @@ class DepthwiseSeparableConv(keras.layers.Layer):
     self.pointwise.build(shape)
 
   def call(self, x, training=False):
-    strides = self.strides
-    if strides != 1 and self.kernel_size == 1:
-      # A strided 1x1 conv reads only the pixels on the stride grid: subsample them
-      # and run a stride-1 1x1 conv (the same values; ceil(H / s) outputs either
-      # way). oneDNN's kernel gradient of the strided form is 3-7x slower than the
-      # 1x1 conv's (the ResNet projection shortcuts at crop 513 in bfloat16: 13.6,
-      # 17.0, 25.7 ms vs ~3.5 ms for the block's other 1x1 convs).
-      x = x[:, ::strides, ::strides, :]
-      strides = 1
-    elif strides != 1:
+    if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
     affine = bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
     if not training and self.strides == 1 and xla_paths.compiled_by_xla():
