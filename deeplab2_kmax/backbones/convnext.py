@@ -88,7 +88,7 @@ class ConvNeXtBlock(keras.layers.Layer):
           initializer=keras.initializers.Constant(self.layer_scale_init_value))
 
   def call(self, x, training=False):
-    if not training and xla_paths.compiled_by_xla():
+    if xla_paths.use_shifted_depthwise(training):
       # XLA:CPU runs depthwise convs as a naive loop; see layers/xla_paths.
       y = xla_paths.shifted_depthwise_conv(x, self.depthwise_conv.kernel, 1,
                                            self.depthwise_conv.bias)

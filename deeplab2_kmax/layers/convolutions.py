@@ -239,9 +239,9 @@ class DepthwiseSeparableConv(keras.layers.Layer):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
     affine = bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
-    if not training and self.strides == 1 and xla_paths.compiled_by_xla():
-      # XLA:CPU runs a depthwise conv as a naive loop (~40x slower than oneDNN);
-      # the shifted-slice sum fuses into one fast loop there (see xla_paths).
+    if self.strides == 1 and xla_paths.use_shifted_depthwise(training):
+      # XLA:CPU runs a depthwise conv (and its gradients) as a naive loop (~40x
+      # slower than oneDNN); the shifted-slice sum fuses into fast loops there.
       kernel, bias = self.depthwise.kernel, self.depthwise.bias
       if affine is not None:
         kernel, bias = ops.cast(kernel, x.dtype) * affine[0][:, None], affine[1]

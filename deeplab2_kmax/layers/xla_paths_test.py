@@ -46,3 +46,13 @@ def test_shifted_depthwise_conv_rejects_other_kernels():
   with pytest.raises(ValueError):
     xla_paths.shifted_depthwise_conv(np.zeros((1, 4, 4, 2), "float32"),
                                      np.zeros((3, 3, 2, 2), "float32"))
+
+
+def test_use_shifted_depthwise_in_training_only_on_cpu(monkeypatch):
+  use = lambda training: tf.constant(xla_paths.use_shifted_depthwise(training))
+  assert not tf.function(lambda: use(False))().numpy()  # graph mode: library conv
+  assert tf.function(lambda: use(False), jit_compile=True)().numpy()
+  assert tf.function(lambda: use(True), jit_compile=True)().numpy()  # CPU-only host
+  monkeypatch.setattr(xla_paths, "_cpu_only", lambda: False)  # an accelerator
+  assert tf.function(lambda: use(False), jit_compile=True)().numpy()
+  assert not tf.function(lambda: use(True), jit_compile=True)().numpy()
