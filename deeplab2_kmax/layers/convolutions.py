@@ -141,12 +141,14 @@ class ConvBN(keras.layers.Layer):
 
   def call(self, x, training=False):
     strides = self.strides
-    if strides != 1 and self.kernel_size == 1:
-      # A strided 1x1 conv reads only the pixels on the stride grid: subsample them
-      # and run a stride-1 1x1 conv (the same values; ceil(H / s) outputs either
-      # way). oneDNN's kernel gradient of the strided form is 3-7x slower than the
-      # 1x1 conv's (the ResNet projection shortcuts at crop 513 in bfloat16: 13.6,
-      # 17.0, 25.7 ms vs ~3.5 ms for the block's other 1x1 convs).
+    if strides != 1 and self.kernel_size == 1 and training:
+      # A strided 1x1 conv reads only the pixels on the stride grid: in training,
+      # subsample them and run a stride-1 1x1 conv (the same values; ceil(H / s)
+      # outputs either way). oneDNN's kernel gradient of the strided form is 3-7x
+      # slower than the 1x1 conv's (the ResNet projection shortcuts at crop 513 in
+      # bfloat16: 13.6, 17.0, 25.7 ms vs ~3.5 ms for the block's other 1x1 convs).
+      # Not at inference: there the slice costs more than it saves (forward only,
+      # bf16, 161²x256->512: strided conv 5.5 ms vs slice + conv 15.2 ms).
       x = x[:, ::strides, ::strides, :]
       strides = 1
     elif strides != 1:

@@ -9,11 +9,11 @@ from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import test_utils
 
 
-def _assert_matches_keras_conv(layer, x, rtol, atol):
+def _assert_matches_keras_conv(layer, x, rtol, atol, training=False):
   """layer(x) and its gradients (input, kernel, bias) equal those of layer.conv(x)."""
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(x)
-    fast, reference = layer(x), layer.conv(x)
+    fast, reference = layer(x, training=training), layer.conv(x)
     fast_loss = tf.reduce_sum(fast * fast)
     reference_loss = tf.reduce_sum(reference * reference)
   np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=rtol, atol=atol)
@@ -178,10 +178,11 @@ def test_strided_1x1_conv_subsamples_then_convolves(size):
   x = tf.random.stateless_normal([2, *size, 3], [0, 3])
   layer(x)
   layer.conv.bias.assign(tf.linspace(-1.0, 1.0, 5))
-  fast = _assert_matches_keras_conv(layer, x, rtol=1e-6, atol=1e-6)
+  fast = _assert_matches_keras_conv(layer, x, rtol=1e-6, atol=1e-6, training=True)
   assert fast.shape == (2, -(-size[0] // 2), -(-size[1] // 2), 5)
-  graph = tf.function(lambda t: layer(t)).get_concrete_function(
-      tf.TensorSpec([1, None, None, 3])).graph
-  strides = [op.get_attr("strides") for op in graph.get_operations()
-             if op.type == "Conv2D"]
-  assert strides == [[1, 1, 1, 1]]
+  for training, want in ((True, [1, 1, 1, 1]), (False, [1, 2, 2, 1])):
+    call = tf.function(lambda t, tr=training: layer(t, training=tr))
+    graph = call.get_concrete_function(tf.TensorSpec([1, None, None, 3])).graph
+    strides = [op.get_attr("strides") for op in graph.get_operations()
+               if op.type == "Conv2D"]
+    assert strides == [want]  # subsampled in training only
