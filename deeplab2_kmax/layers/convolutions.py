@@ -133,15 +133,16 @@ class ConvBN(keras.layers.Layer):
              for i, j in taps]
     weights = ops.concatenate([kernel[i:i + 1, j:j + 1] for i, j in taps], axis=2)
     patches = views[0] if len(views) == 1 else ops.concatenate(views, axis=-1)
-    y = ops.conv(patches, ops.cast(weights, patches.dtype), strides=1,
-                 padding="valid")
-    if self.use_bias:
-      y = ops.add(y, ops.cast(self.conv.bias, y.dtype))
-    return y
+    return ops.conv(patches, ops.cast(weights, patches.dtype), strides=1,
+                    padding="valid")
+
+  def _with_bias(self, y):
+    """y + the conv bias, for the convs computed here instead of by `self.conv`."""
+    return ops.add(y, ops.cast(self.conv.bias, y.dtype)) if self.use_bias else y
 
   def call(self, x, training=False):
-    strides = self.strides
-    if strides != 1 and self.kernel_size == 1 and training:
+    subsampled = self.strides != 1 and self.kernel_size == 1 and training
+    if subsampled:
       # A strided 1x1 conv reads only the pixels on the stride grid: in training,
       # subsample them and run a stride-1 1x1 conv (the same values; ceil(H / s)
       # outputs either way). oneDNN's kernel gradient of the strided form is 3-7x
@@ -149,9 +150,8 @@ class ConvBN(keras.layers.Layer):
       # bfloat16: 13.6, 17.0, 25.7 ms vs ~3.5 ms for the block's other 1x1 convs).
       # Not at inference: there the slice costs more than it saves (forward only,
       # bf16, 161²x256->512: strided conv 5.5 ms vs slice + conv 15.2 ms).
-      x = x[:, ::strides, ::strides, :]
-      strides = 1
-    elif strides != 1:
+      x = x[:, ::self.strides, ::self.strides, :]
+    elif self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
     # At inference the BN is folded into the kernel (bn_folding): one fused bias add
     # instead of the BN's separate multiply and add over the whole activation.
@@ -161,14 +161,12 @@ class ConvBN(keras.layers.Layer):
       kernel = ops.cast(kernel, x.dtype) * affine[0]
     taps = self._atrous_taps(x)
     if taps is not None:
-      x = self._atrous_conv(x, taps, kernel)
-    elif strides != self.strides or (strides == 1 and self.dilation_rate > 1):
-      if strides != self.strides:  # the subsampled 1x1 conv
-        x = ops.conv(x, ops.cast(kernel, x.dtype), strides=1, padding="valid")
-      else:
-        x = atrous_conv(x, kernel, self.dilation_rate)
-      if self.use_bias:
-        x = ops.add(x, ops.cast(self.conv.bias, x.dtype))
+      x = self._with_bias(self._atrous_conv(x, taps, kernel))
+    elif subsampled:  # the stride-1 1x1 conv of the subsampled grid
+      x = self._with_bias(ops.conv(x, ops.cast(kernel, x.dtype), strides=1,
+                                   padding="valid"))
+    elif self.strides == 1 and self.dilation_rate > 1:
+      x = self._with_bias(atrous_conv(x, kernel, self.dilation_rate))
     elif affine is not None:
       x = self.conv.convolution_op(x, kernel)
     else:
