@@ -124,17 +124,8 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
                for bn in self._batch_norms()):
       return self._folded_call(x)
     length = ops.shape(x)[1]
-    heads = self.num_heads
-    dk = self.key_depth // heads
-    dv = self.value_depth // heads
     qkv = project(x, ops.cast(self.qkv_kernel, x.dtype))
-    qkv = self.qkv_bn(qkv, training=training)
-    # A split (its gradient is one concat), not three slices (three zero-padded
-    # slice gradients and their sum).
-    q, k, v = ops.split(qkv, [self.key_depth, 2 * self.key_depth], axis=-1)
-    q = ops.reshape(q, (-1, length, heads, dk))
-    k = ops.reshape(k, (-1, length, heads, dk))
-    v = ops.reshape(v, (-1, length, heads, dv))
+    q, k, v = self._heads(self.qkv_bn(qkv, training=training), length)
     index = None
     if self._num_terms > 1 or self.use_value_rpe:
       index = relative_distance_index(length, self.max_span)
@@ -163,6 +154,18 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
       out = out + rpe_out
     return out
 
+  def _heads(self, qkv, length):
+    """q, k [B, L, heads, dk] and v [B, L, heads, dv] from qkv [B, L, 2 key + value].
+
+    A split (its gradient is one concat), not three slices (three zero-padded slice
+    gradients and their sum).
+    """
+    heads = self.num_heads
+    q, k, v = ops.split(qkv, [self.key_depth, 2 * self.key_depth], axis=-1)
+    return (ops.reshape(q, (-1, length, heads, self.key_depth // heads)),
+            ops.reshape(k, (-1, length, heads, self.key_depth // heads)),
+            ops.reshape(v, (-1, length, heads, self.value_depth // heads)))
+
   def _batch_norms(self):
     bns = [self.qkv_bn, self.content_bn] + list(self.similarity_bns)
     return bns + ([self.value_rpe_bn] if self.value_rpe_bn is not None else [])
@@ -176,9 +179,6 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
     their shifts dropped: constant along the softmax axis, they cancel in it.
     """
     length = ops.shape(x)[1]
-    heads = self.num_heads
-    dk = self.key_depth // heads
-    dv = self.value_depth // heads
     dtype = x.dtype
     qkv_scale, qkv_shift = bn_folding.folded_affine(self.qkv_bn, False)
     content_scale, content_shift = bn_folding.folded_affine(self.content_bn, False)
@@ -187,11 +187,7 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
     column_shift = qkv_shift * ops.concatenate([ones, content_scale], axis=0)
     # In the compute dtype: the kernel arrives autocast to it (mixed precision).
     kernel = ops.cast(self.qkv_kernel, dtype) * ops.cast(column_scale, dtype)
-    qkv = project(x, kernel) + ops.cast(column_shift, dtype)
-    q, k, v = ops.split(qkv, [self.key_depth, 2 * self.key_depth], axis=-1)
-    q = ops.reshape(q, (-1, length, heads, dk))
-    k = ops.reshape(k, (-1, length, heads, dk))
-    v = ops.reshape(v, (-1, length, heads, dv))
+    q, k, v = self._heads(project(x, kernel) + ops.cast(column_shift, dtype), length)
     head_scales = [ops.cast(bn_folding.folded_scale(bn, False), dtype)[:, None]
                    for bn in self.similarity_bns]  # [heads, 1] each
     logits = ops.einsum("blhd,bmhd->bhlm", q * head_scales[0], k)
