@@ -18,7 +18,6 @@ Only the TensorFlow backend outside XLA uses this (XLA:CPU lowers depthwise conv
 naive loops, and JAX differentiates the plain conv itself); `applies` says when.
 """
 
-import keras
 from keras import ops
 
 from deeplab2_kmax.layers import xla_paths
@@ -26,9 +25,8 @@ from deeplab2_kmax.layers import xla_paths
 
 def applies(kernel_size: int, strides: int, dilation_rate: int) -> bool:
   """Whether `depthwise_conv` should be used for a layer with these settings now."""
-  return (keras.backend.backend() == "tensorflow" and strides == 1 and
-          dilation_rate == 1 and kernel_size % 2 == 1 and
-          not xla_paths.compiled_by_xla())
+  return (strides == 1 and dilation_rate == 1 and kernel_size % 2 == 1 and
+          xla_paths.tf_library_kernels())
 
 
 def kernel_gradient(x, dy, kernel_size: int):

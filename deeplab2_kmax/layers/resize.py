@@ -16,7 +16,6 @@ rounding (in bfloat16 the native kernel is the more accurate: it interpolates in
 float32). Under XLA and on JAX the gather form stays (XLA fuses it).
 """
 
-import keras
 from keras import ops
 
 from deeplab2_kmax.layers import xla_paths
@@ -58,8 +57,7 @@ def resize_align_corners(x, size):
   keep_w = isinstance(out_w, int) and x.shape[2] == out_w
   if keep_h and keep_w:
     return x
-  if (keras.backend.backend() == "tensorflow" and "float" in str(x.dtype) and
-      not xla_paths.compiled_by_xla()):
+  if "float" in str(x.dtype) and xla_paths.tf_library_kernels():
     return _tf_resize(x, out_h, out_w)
   if not keep_h:
     x = _resize_axis(x, out_h, 1)

@@ -42,6 +42,15 @@ def compiled_by_xla() -> bool:
   return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def tf_library_kernels() -> bool:
+  """Whether ops built now run as TensorFlow's own kernels: TF backend, outside XLA.
+
+  The condition of the TF-only fast paths that replace an op or its gradient by
+  another TF kernel (depthwise_gradient, resize).
+  """
+  return keras.backend.backend() == "tensorflow" and not compiled_by_xla()
+
+
 def _cpu_only() -> bool:
   """Whether this process computes on CPUs only (no GPU/TPU for TF, or JAX on cpu)."""
   backend = keras.backend.backend()
