@@ -137,3 +137,31 @@ def test_folded_inference_equals_unfolded_bn_path(rpe, monkeypatch):
                       lambda bn, training: True)
   unfolded = np.asarray(layer(x, training=False))
   np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4)
+
+
+def test_training_gradient_graph_has_no_broadcast_projection_or_slice_grads():
+  # The qkv projection is one 2-D MatMul (a broadcasting BatchMatMulV2 would take B
+  # kernel-gradient products and a Sum) and q/k/v come from one split (slices would
+  # add zero-padded StridedSliceGrads).
+  layer = axial_attention.AxialAttention1D(8, 8, num_heads=2, max_span=5)
+  x = tf.random.stateless_normal([3, 6, 4], [0, 4])
+  layer(x, training=True)
+
+  def step(t):
+    with tf.GradientTape() as tape:
+      tape.watch(t)
+      y = layer(t, training=True)
+      loss = tf.reduce_sum(y * y)
+    grads = tape.gradient(loss, [t] + layer.trainable_variables)
+    assert all(g is not None for g in grads)
+    return grads
+
+  graph = tf.function(step).get_concrete_function(x).graph
+  op_types = [op.type for op in graph.get_operations()]
+  assert "FusedBatchNormGradV3" in op_types  # the backward pass is in the graph
+  assert "StridedSliceGrad" not in op_types
+  assert "SplitV" in op_types and "MatMul" in op_types
+  kernel_shape = tuple(layer.qkv_kernel.shape)
+  assert not any(op.type == "BatchMatMulV2" and
+                 any(tuple(i.shape) == kernel_shape for i in op.inputs)
+                 for op in graph.get_operations())
