@@ -11,14 +11,17 @@ map to the 19 trainIds (8 thing classes). Label divisor 1000, ignore label 255.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
-from absl import app
 from absl import flags
 
-from data import converter
-from data.dataset_info import Category, DatasetInfo
-from data.panoptic_io import DataValidationError
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
+
+from data import cli  # pylint: disable=g-import-not-at-top
+from data import converter  # pylint: disable=g-import-not-at-top
+from data.dataset_info import Category, DatasetInfo  # pylint: disable=g-import-not-at-top
+from data.panoptic_io import DataValidationError  # pylint: disable=g-import-not-at-top
 
 LABEL_DIVISOR = 1000
 IGNORE_LABEL = 255
@@ -58,19 +61,21 @@ def _check_categories(json_categories, json_path: str, info: DatasetInfo) -> Non
 
 
 def convert_cityscapes(cityscapes_root: str, split: str, output_dir: str, num_shards: int,
-                       num_workers: int = 1) -> DatasetInfo:
+                       num_workers: int = 1, overwrite: bool = False) -> DatasetInfo:
   gt = os.path.join(cityscapes_root, "gtFine")
   json_path = os.path.join(gt, f"cityscapes_panoptic_{split}.json")
   image_root = os.path.join(cityscapes_root, "leftImg8bit", split)
 
-  def image_path(name: str) -> str:  # <city>_<seq>_<frame>_leftImg8bit.png
-    return os.path.join(image_root, name.split("_")[0], name)
+  def image_subpath(name: str) -> str:  # <city>/<city>_<seq>_<frame>_leftImg8bit.png
+    return os.path.join(name.split("_")[0], name)
 
   tasks, categories = converter.tasks_from_panoptic_json(
-      json_path, os.path.join(gt, f"cityscapes_panoptic_{split}"), image_path)
+      json_path, os.path.join(gt, f"cityscapes_panoptic_{split}"), image_root,
+      image_subpath)
   info = cityscapes_info()
   _check_categories(categories, json_path, info)
-  return converter.convert(tasks, info, output_dir, split, num_shards, num_workers)
+  return converter.convert(tasks, info, output_dir, split, num_shards, num_workers,
+                           source=json_path, overwrite=overwrite)
 
 
 FLAGS = flags.FLAGS
@@ -82,6 +87,8 @@ def _define_flags():
   flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
   flags.DEFINE_integer("num_shards", 10, "Number of shards.")
   flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+  flags.DEFINE_bool("overwrite", False, "Replace another conversion of --split found in "
+                    "--output_dir (its shards are deleted) instead of refusing.")
   flags.mark_flag_as_required("cityscapes_root")
   flags.mark_flag_as_required("output_dir")
 
@@ -90,7 +97,7 @@ def main(argv):
   del argv
   start = time.time()
   info = convert_cityscapes(FLAGS.cityscapes_root, FLAGS.split, FLAGS.output_dir,
-                            FLAGS.num_shards, FLAGS.num_workers)
+                            FLAGS.num_shards, FLAGS.num_workers, FLAGS.overwrite)
   n = info.num_examples[FLAGS.split]
   seconds = time.time() - start
   print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
@@ -99,4 +106,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -3,17 +3,23 @@ r"""Converts a COCO-panoptic-format dataset (COCO, the synthetic set, custom dat
   python data/build_coco_tfrecord.py --image_dir=DIR --panoptic_json=FILE \
       --panoptic_dir=DIR --output_dir=DIR --split=val --num_shards=N [--num_workers=K]
 
-Writes `<output_dir>/<split>-0000i-of-0000N.tfrecord` and `<output_dir>/dataset_info.json`
-(train ids assigned in increasing order of the JSON's category ids). Re-running resumes:
-complete shards are kept.
+Writes `<output_dir>/<split>-0000i-of-0000N.tfrecord`, `<output_dir>/dataset_info.json`
+(train ids assigned in increasing order of the JSON's category ids) and
+`<output_dir>/conversion_<split>.json` (what was converted). Re-running the same command
+resumes (complete shards are kept); a different conversion of the split into the same
+folder is refused unless --overwrite. Refusals print one line `error: <file/flag>: ...`
+(exit status 2; --verbose for the traceback).
 """
 import os
+import sys
 import time
 
-from absl import app
 from absl import flags
 
-from data import converter
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
+
+from data import cli  # pylint: disable=g-import-not-at-top
+from data import converter  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
@@ -30,6 +36,8 @@ def _define_flags():
   flags.DEFINE_integer("label_divisor", 256, "Internal label divisor.")
   flags.DEFINE_integer("ignore_label", 255, "Train id of void.")
   flags.DEFINE_string("dataset_name", "coco_panoptic", "Name stored in dataset_info.json.")
+  flags.DEFINE_bool("overwrite", False, "Replace another conversion of --split found in "
+                    "--output_dir (its shards are deleted) instead of refusing.")
   for _name in ("image_dir", "panoptic_json", "panoptic_dir", "output_dir"):
     flags.mark_flag_as_required(_name)
 
@@ -40,7 +48,7 @@ def main(argv):
   info = converter.convert_coco_panoptic(
       FLAGS.image_dir, FLAGS.panoptic_json, FLAGS.panoptic_dir, FLAGS.output_dir,
       FLAGS.split, FLAGS.num_shards, FLAGS.num_workers, FLAGS.label_divisor,
-      FLAGS.ignore_label, FLAGS.dataset_name)
+      FLAGS.ignore_label, FLAGS.dataset_name, FLAGS.overwrite)
   n = info.num_examples[FLAGS.split]
   seconds = time.time() - start
   print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
@@ -49,4 +57,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -76,7 +76,7 @@ def test_round_trip_is_exact(synthetic, tmp_path):
   assert len(dumped_ann) == len(orig["annotations"]) == 6
   crowd_seen = 0
   for ann in orig["annotations"]:
-    d = dumped_ann[str(ann["image_id"])]
+    d = dumped_ann[ann["image_id"]]  # ints stay ints
     cat_a, key_a = _category_and_partition(
         os.path.join(src["panoptic_dir"], ann["file_name"]), ann["segments_info"])
     cat_b, key_b = _category_and_partition(
@@ -183,7 +183,7 @@ def test_interrupted_conversion_resumes(synthetic, tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     _convert(src, out, num_shards=3)
   # Shard 0 (examples 0-1) is complete; shard 1 crashed mid-way: no final file, no temp.
-  assert sorted(os.listdir(out)) == ["val-00000-of-00003.tfrecord"]
+  assert sorted(os.listdir(out)) == ["conversion_val.json", "val-00000-of-00003.tfrecord"]
   open(out / "val-00001-of-00003.tfrecord.tmp", "wb").write(b"truncated leftover")
   calls.clear()
   monkeypatch.setattr(panoptic_io, "read_image", lambda p: calls.append(p) or real_read(p))

@@ -26,6 +26,8 @@ import json
 import os
 from typing import Any
 
+from data.cli import UserError
+
 INFO_FILE_NAME = "dataset_info.json"
 
 
@@ -141,11 +143,11 @@ class DatasetInfo:
       info = cls(name=str(obj.get("name", "")), label_divisor=int(obj["label_divisor"]),
                  ignore_label=int(obj["ignore_label"]), categories=cats,
                  num_examples={k: int(v) for k, v in obj.get("num_examples", {}).items()})
-    except (KeyError, TypeError) as e:
-      raise ValueError(f"{source}: malformed dataset info ({e!r})") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise UserError(f"{source}: malformed dataset info ({e})") from e
     if "num_classes" in obj and int(obj["num_classes"]) != info.num_classes:
-      raise ValueError(f"{source}: num_classes {obj['num_classes']} != "
-                       f"{info.num_classes} categories")
+      raise UserError(f"{source}: num_classes {obj['num_classes']} != "
+                      f"{info.num_classes} categories")
     return info
 
   @staticmethod
@@ -159,8 +161,9 @@ class DatasetInfo:
     try:
       with open(path) as f:
         obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(f"{path}: cannot read dataset info ({e})") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise UserError(f"{path}: cannot read dataset info "
+                      f"({getattr(e, 'strerror', None) or e})") from e
     return cls.from_json(obj, source=path)
 
   def save(self, path: str) -> str:

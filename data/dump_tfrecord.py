@@ -14,32 +14,40 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
-import numpy as np
 import tensorflow as tf
-from absl import app
 from absl import flags
 from tqdm import tqdm
 
-from data import panoptic_io
-from data import tfrecord_format
-from data.converter import label_spec
-from data.dataset_info import DatasetInfo
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
+
+from data import cli  # pylint: disable=g-import-not-at-top
+from data import panoptic_io  # pylint: disable=g-import-not-at-top
+from data import safe_paths  # pylint: disable=g-import-not-at-top
+from data import tfrecord_format  # pylint: disable=g-import-not-at-top
+from data.cli import UserError  # pylint: disable=g-import-not-at-top
+from data.converter import label_spec  # pylint: disable=g-import-not-at-top
+from data.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
 
 def _records(files):
   for path in files:
-    for raw in tf.data.TFRecordDataset(path):
-      yield path, raw
+    for index, raw in enumerate(tfrecord_format.read_records(path)):
+      try:
+        example = tf.train.Example.FromString(raw)
+      except Exception as e:  # pylint: disable=broad-except  (protobuf DecodeError)
+        raise UserError(f"{path}: record {index} is not a tf.train.Example ({e})") from e
+      yield path, index, example
 
 
 def dump(input_pattern: str, output_dir: str, dataset_info: str | None = None) -> str:
   """Dumps all matching records; returns the path of the written panoptic JSON."""
   files = sorted(tf.io.gfile.glob(input_pattern))
   if not files:
-    raise ValueError(f"--input_pattern {input_pattern!r} matches no files")
+    raise UserError(f"--input_pattern={input_pattern}: matches no files")
   info = DatasetInfo.load(dataset_info or os.path.dirname(os.path.abspath(files[0])))
   spec = label_spec(info)
   image_dir = os.path.join(output_dir, "images")
@@ -48,22 +56,26 @@ def dump(input_pattern: str, output_dir: str, dataset_info: str | None = None) -
   os.makedirs(png_dir, exist_ok=True)
   images, annotations = [], []
   seen_names = set()
-  for path, raw in tqdm(_records(files), desc="dump", unit="ex"):
-    example = tf.train.Example.FromString(raw.numpy())
+  for path, index, example in tqdm(_records(files), desc="dump", unit="ex"):
     feat = example.features.feature
     get_bytes = lambda key: feat[key].bytes_list.value[0]
-    image_id = get_bytes(tfrecord_format.IMAGE_ID).decode()
-    file_name = get_bytes(tfrecord_format.IMAGE_FILENAME).decode() or f"{image_id}.jpg"
+    image_id = tfrecord_format.image_id_of(example)
+    file_name = get_bytes(tfrecord_format.IMAGE_FILENAME).decode()
+    what = f"image/filename of record {index}"
+    if not file_name:
+      file_name, what = f"{image_id}.jpg", f"image/id of record {index}"
     if file_name in seen_names:
-      raise ValueError(f"{path}: duplicate image file name {file_name!r}")
+      raise UserError(f"{path}: duplicate image file name {file_name!r}")
     seen_names.add(file_name)
+    png_name = os.path.splitext(file_name)[0] + ".png"
+    image_path = safe_paths.inside_for_writing(image_dir, file_name, path, what)
+    png_path = safe_paths.inside_for_writing(png_dir, png_name, path, what)
     label = panoptic_io.decode_id_png(get_bytes(tfrecord_format.PANOPTIC_ENCODED),
                                       f"{path}:{image_id}")
     ids, segments = panoptic_io.internal_to_coco(label, spec, info.train_id_to_category_id)
-    with open(os.path.join(image_dir, file_name), "wb") as f:
+    with open(image_path, "wb") as f:
       f.write(get_bytes(tfrecord_format.IMAGE_ENCODED))
-    png_name = os.path.splitext(file_name)[0] + ".png"
-    with open(os.path.join(png_dir, png_name), "wb") as f:
+    with open(png_path, "wb") as f:
       f.write(panoptic_io.encode_id_png(ids))
     height, width = label.shape
     images.append({"id": image_id, "file_name": file_name, "height": int(height),
@@ -93,4 +105,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -20,13 +20,16 @@ from __future__ import annotations
 import colorsys
 import json
 import os
+import sys
 
 import numpy as np
-from absl import app
 from absl import flags
 from PIL import Image
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
+
+from data import cli  # pylint: disable=g-import-not-at-top
 from data import panoptic_io
 
 # Non-contiguous ids (like COCO) so the id -> train id mapping is exercised.
@@ -194,7 +197,7 @@ def make_dataset(output_dir: str, num_train: int, num_val: int, seed: int,
                  image_size: int = 128) -> dict[str, str]:
   """Writes both splits; returns {split: panoptic json path}."""
   if image_size < 32:
-    raise ValueError(f"--image_size must be >= 32, got {image_size}")
+    raise cli.UserError(f"--image_size={image_size}: must be >= 32")
   out = {}
   for split, n in (("train", num_train), ("val", num_val)):
     if n > 0:
@@ -217,7 +220,7 @@ def _define_flags():
 def main(argv):
   del argv
   if not FLAGS.output_dir:
-    raise app.UsageError("--output_dir is required")
+    raise cli.UserError("--output_dir: required flag not set")
   paths = make_dataset(FLAGS.output_dir, FLAGS.num_train, FLAGS.num_val, FLAGS.seed,
                        FLAGS.image_size)
   for split, path in paths.items():
@@ -228,4 +231,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,12 +19,18 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from data.cli import UserError
+
 MAX_PNG_VALUE = 256 ** 3 - 1
 # Image modes whose original bytes tf.io.decode_image(channels=3) decodes as intended.
-_TF_SAFE_MODES = {"jpeg": ("RGB", "L"), "png": ("RGB", "RGBA", "L", "LA", "P")}
+# 16-bit PNGs (Pillow: "I;16*" grey; 48/64-bit colour opens as RGB/RGBA) decode to the
+# high byte of each sample in TensorFlow, the faithful 8-bit image, so they are kept.
+_TF_SAFE_MODES = {"jpeg": ("RGB", "L"),
+                  "png": ("RGB", "RGBA", "L", "LA", "P", "I;16", "I;16B", "I;16L", "I;16N")}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError):
   """Bad input data; the message names the file (and segment) at fault."""
 
 
@@ -79,9 +85,14 @@ def read_image(path: str) -> tuple[bytes, str, int, int]:
       fmt = (im.format or "").lower()
       im.load()
       width, height = im.size
+      if fmt in ("jpeg", "png") and im.mode in ("I", "F"):
+        raise DataValidationError(f"{path}: {im.mode}-mode (32-bit integer or float) "
+                                  "image; only 8- and 16-bit images are supported")
       if fmt in ("jpeg", "png") and im.mode not in _TF_SAFE_MODES[fmt]:
-        # e.g. CMYK JPEG or 16-bit PNG: store a lossless 8-bit RGB PNG instead.
+        # e.g. CMYK JPEG or 1-bit PNG: store a lossless 8-bit RGB PNG instead.
         data, fmt = encode_png(np.asarray(im.convert("RGB"))), "png"
+  except DataValidationError:
+    raise
   except (OSError, SyntaxError, ValueError) as e:
     raise DataValidationError(f"{path}: unreadable or corrupt image ({e})") from e
   if fmt not in ("jpeg", "png"):
@@ -89,10 +100,22 @@ def read_image(path: str) -> tuple[bytes, str, int, int]:
   return data, fmt, height, width
 
 
+def png_bit_depth(head: bytes):
+  """The bit depth in a PNG's IHDR (its first 25 bytes), None when not a PNG."""
+  if len(head) >= 25 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+    return head[24]
+  return None
+
+
 def read_panoptic_png(path: str) -> np.ndarray:
   """COCO panoptic PNG -> int64 [H, W] segment ids."""
   if not os.path.isfile(path):
     raise DataValidationError(f"{path}: panoptic PNG not found")
+  with open(path, "rb") as f:
+    depth = png_bit_depth(f.read(25))
+  if depth == 16:
+    raise DataValidationError(f"{path}: 16-bit PNG; a panoptic PNG must be 8-bit RGB "
+                              "(segment id = R + 256 G + 256^2 B)")
   return rgb_to_id(_open_rgb(path, path))
 
 

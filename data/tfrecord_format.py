@@ -5,6 +5,7 @@ Each record holds
   image/format         b"jpeg" | b"png"
   image/height, image/width
   image/id             image id (string; COCO ints are stringified)
+  image/id_is_int      1 when the source id was an integer (dump gives back an int)
   image/filename       original image file name
   panoptic/encoded     RGB PNG of the *internal* label (semantic * D + instance, train
                        ids, void = ignore * D) stored as R + 256 G + 256^2 B: lossless,
@@ -16,16 +17,20 @@ Each record holds
 """
 from __future__ import annotations
 
+import numbers
 import re
-from typing import Any
+from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow as tf
+
+from data.cli import UserError
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
 IMAGE_HEIGHT = "image/height"
 IMAGE_WIDTH = "image/width"
 IMAGE_ID = "image/id"
+IMAGE_ID_IS_INT = "image/id_is_int"
 IMAGE_FILENAME = "image/filename"
 PANOPTIC_ENCODED = "panoptic/encoded"
 PANOPTIC_FORMAT = "panoptic/format"
@@ -70,6 +75,8 @@ def make_example(image_bytes: bytes, image_format: str, height: int, width: int,
       IMAGE_HEIGHT: _int(height),
       IMAGE_WIDTH: _int(width),
       IMAGE_ID: _bytes(str(image_id).encode()),
+      IMAGE_ID_IS_INT: _int(isinstance(image_id, numbers.Integral)
+                            and not isinstance(image_id, bool)),
       IMAGE_FILENAME: _bytes(file_name.encode()),
       PANOPTIC_ENCODED: _bytes(panoptic_png),
       PANOPTIC_FORMAT: _bytes(PANOPTIC_FORMAT_VALUE),
@@ -97,3 +104,37 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     panoptic = tf.identity(panoptic)
   return {"image": image, "panoptic": panoptic, "height": height, "width": width,
           "image_id": f[IMAGE_ID], "file_name": f[IMAGE_FILENAME]}
+
+
+def image_id_of(example: tf.train.Example):
+  """The record's image id as the source had it (int or str)."""
+  feature = example.features.feature
+  text = feature[IMAGE_ID].bytes_list.value[0].decode()
+  if IMAGE_ID_IS_INT in feature and feature[IMAGE_ID_IS_INT].int64_list.value[0]:
+    return int(text)
+  return text
+
+
+def read_records(path: str) -> Iterator[bytes]:
+  """The serialized records of one file; a corrupt or truncated file is a UserError
+  naming it and the number of records read before the damage."""
+  count = 0
+  try:
+    for raw in tf.data.TFRecordDataset(path):
+      yield raw.numpy()
+      count += 1
+  except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+    raise UserError(f"{path}: corrupt or truncated TFRecord file after {count} good "
+                    f"records ({e.message.splitlines()[0]})") from e
+
+
+def locate_corruption(files: Sequence[str]) -> Optional[str]:
+  """After a DataLossError from a pipeline over `files`: the message naming the first
+  damaged file (None if every file reads)."""
+  for path in files:
+    try:
+      for _ in read_records(path):
+        pass
+    except UserError as e:
+      return str(e)
+  return None
