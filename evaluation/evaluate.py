@@ -134,9 +134,12 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
         ap.update(gt, pred, seg_ids, seg_scores)
       image_id = _image_id(ids[i], count)
       scores = dict(zip(seg_ids.tolist(), seg_scores.tolist()))
-      pred_writer.add(image_id, pred, file_name=f"{image_id}.png", scores=scores)
+      source = f"--eval_tfrecord={eval_tfrecord}"  # image/id names the files
+      pred_writer.add(image_id, pred, file_name=f"{image_id}.png", scores=scores,
+                      source=source)
       if gt_writer is not None:
-        gt_writer.add(image_id, gt, file_name=f"{image_id}.png", is_groundtruth=True)
+        gt_writer.add(image_id, gt, file_name=f"{image_id}.png", is_groundtruth=True,
+                      source=source)
       count += 1
       bar.update(1)
     if max_examples and count >= max_examples:

@@ -38,16 +38,16 @@ from evaluation.pq_files import warm_up
 class _Pairs:
   """Evaluates chunks of pairs; one Workspace per thread (its tables are per image)."""
 
-  def __init__(self, gt_folder, pred_folder, cat_index, pred_json_name):
+  def __init__(self, gt_folder, pred_folder, cat_index, pred_json_name, gt_json_name):
     self.args = (gt_folder, pred_folder, cat_index)
-    self.pred_json_name = pred_json_name
+    self.json_names = (pred_json_name, gt_json_name)
     self.local = threading.local()
 
   def __call__(self, pairs: List[Tuple[Dict, Dict]]) -> List[pq_core.PQCounts]:
     workspace = getattr(self.local, "workspace", None)
     if workspace is None:
       workspace = self.local.workspace = Workspace()
-    return [evaluate_pair(gt_ann, pred_ann, *self.args, workspace, self.pred_json_name)
+    return [evaluate_pair(gt_ann, pred_ann, *self.args, workspace, *self.json_names)
             for gt_ann, pred_ann in pairs]
 
 
@@ -56,7 +56,23 @@ def _load_json(path: str, what: str) -> Dict:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise PanopticFormatError(f"cannot read {what} {path}: {e}") from e
+    raise PanopticFormatError(f"{path}: cannot read {what} "
+                              f"({getattr(e, 'strerror', None) or e})") from e
+
+
+def _annotations(obj, path: str, ground_truth: bool) -> List[Dict]:
+  """The 'annotations' list, checked to have the fields the evaluation reads."""
+  anns = obj.get("annotations") if isinstance(obj, dict) else None
+  if not isinstance(anns, list):
+    raise PanopticFormatError(f"{path}: no 'annotations' list")
+  needed = ("id", "category_id", "area") if ground_truth else ("id", "category_id")
+  for ann in anns:
+    segs = ann.get("segments_info", []) if isinstance(ann, dict) else None
+    if (not isinstance(segs, list) or "image_id" not in ann or "file_name" not in ann
+        or not all(isinstance(s, dict) and all(k in s for k in needed) for s in segs)):
+      raise PanopticFormatError(f"{path}: malformed annotation {str(ann)[:100]} (needs "
+                                f"image_id, file_name, segments_info with {needed})")
+  return anns
 
 
 def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] = None,
@@ -67,23 +83,27 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] 
   pred_json = _load_json(pred_json_file, "prediction JSON")
   gt_folder = gt_folder or gt_json_file.replace(".json", "")
   pred_folder = pred_folder or pred_json_file.replace(".json", "")
-  for folder, what in ((gt_folder, "ground truth"), (pred_folder, "prediction")):
+  for folder, flag in ((gt_folder, "gt_folder"), (pred_folder, "pred_folder")):
     if not os.path.isdir(folder):
-      raise PanopticFormatError(f"folder {folder} with {what} segmentations doesn't exist")
-  categories = gt_json["categories"]
+      raise PanopticFormatError(f"--{flag}={folder}: folder with the segmentations "
+                                "doesn't exist")
+  categories = gt_json.get("categories") if isinstance(gt_json, dict) else None
+  if not isinstance(categories, list) or not all(isinstance(c, dict) and "id" in c
+                                                 for c in categories):
+    raise PanopticFormatError(f"{gt_json_file}: no 'categories' list with ids")
   cat_index = {c["id"]: i for i, c in enumerate(categories)}
-  if "annotations" not in pred_json:
-    raise PanopticFormatError(f"{pred_json_file}: no 'annotations' list")
-  pred_by_image = {a["image_id"]: a for a in pred_json["annotations"]}
+  gt_annotations = _annotations(gt_json, gt_json_file, ground_truth=True)
+  pred_by_image = {a["image_id"]: a
+                   for a in _annotations(pred_json, pred_json_file, ground_truth=False)}
   pairs = []
-  for gt_ann in gt_json["annotations"]:
+  for gt_ann in gt_annotations:
     if gt_ann["image_id"] not in pred_by_image:
       raise PanopticFormatError(
           f"{pred_json_file}: no prediction for the image with id: {gt_ann['image_id']}")
     pairs.append((gt_ann, pred_by_image[gt_ann["image_id"]]))
 
   total = pq_core.PQCounts.zeros(len(categories))
-  work = _Pairs(gt_folder, pred_folder, cat_index, pred_json_file)
+  work = _Pairs(gt_folder, pred_folder, cat_index, pred_json_file, gt_json_file)
   num_workers = num_workers or os.cpu_count() or 1
   num_workers = max(1, min(num_workers, len(pairs)))
   # Threads: PNG inflate, the compiled decode and counting kernels and numpy release the

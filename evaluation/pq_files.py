@@ -12,13 +12,15 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from data import safe_paths
+from data.cli import UserError
 from evaluation import png_decode
 from evaluation import pq_core
 
 ID_SPACE = 1 << 24  # RGB-encoded ids: R + 256 G + 256^2 B.
 
 
-class PanopticFormatError(ValueError):
+class PanopticFormatError(UserError):
   """Invalid prediction/ground-truth files (message names the file and segment)."""
 
 
@@ -55,7 +57,7 @@ def read_id_png(path: str, out: Optional[np.ndarray] = None) -> np.ndarray:
   except (OSError, ValueError, SyntaxError) as e:
     if isinstance(e, PanopticFormatError):
       raise
-    raise PanopticFormatError(f"cannot read panoptic PNG {path}: {e}") from e
+    raise PanopticFormatError(f"{path}: cannot read panoptic PNG ({e})") from e
 
 
 # ----------------------------------------------------------------- pixel-pair counts
@@ -189,7 +191,11 @@ class Workspace:
 def _segments_by_id(ann: Dict, json_name: str) -> Dict[int, Dict]:
   segs = {}
   for seg in ann.get("segments_info", []):
-    sid = int(seg["id"])
+    try:
+      sid = int(seg["id"])
+    except (TypeError, ValueError) as e:
+      raise PanopticFormatError(f"{json_name}: image {ann.get('image_id')} segment id "
+                                f"{seg['id']!r} is not an integer") from e
     if not 0 < sid < ID_SPACE:
       raise PanopticFormatError(
           f"{json_name}: image {ann.get('image_id')} segment id {sid} is out of range "
@@ -198,21 +204,31 @@ def _segments_by_id(ann: Dict, json_name: str) -> Dict[int, Dict]:
   return segs
 
 
+def _png_path(folder: str, ann: Dict, json_name: str) -> str:
+  try:
+    return safe_paths.inside(folder, ann.get("file_name"), json_name,
+                             f"file_name of image {ann.get('image_id')}")
+  except safe_paths.PathOutsideFolderError as e:
+    raise PanopticFormatError(str(e)) from e
+
+
 def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str,
                   cat_index: Dict[int, int], workspace: Workspace,
-                  pred_json_name: str = "pred_json") -> pq_core.PQCounts:
-  """PQ counts of one (gt, prediction) PNG pair, with panopticapi's sanity checks."""
+                  pred_json_name: str = "pred_json",
+                  gt_json_name: str = "gt_json") -> pq_core.PQCounts:
+  """PQ counts of one (gt, prediction) PNG pair, with panopticapi's sanity checks.
+  Each PNG must lie inside its folder (`data/safe_paths.py`)."""
   num_cats = len(cat_index)
   image_id = gt_ann["image_id"]
-  gt_path = os.path.join(gt_folder, gt_ann["file_name"])
-  pred_path = os.path.join(pred_folder, pred_ann["file_name"])
+  gt_path = _png_path(gt_folder, gt_ann, gt_json_name)
+  pred_path = _png_path(pred_folder, pred_ann, pred_json_name)
   gt_ids = workspace.read(gt_path, "gt")
   pred_ids = workspace.read(pred_path, "pred")
   if gt_ids.shape != pred_ids.shape:
     raise PanopticFormatError(
         f"{pred_path}: size {pred_ids.shape} differs from ground truth {gt_path} "
         f"{gt_ids.shape} (image {image_id})")
-  gt_segs = _segments_by_id(gt_ann, "gt_json")
+  gt_segs = _segments_by_id(gt_ann, gt_json_name)
   pred_segs = _segments_by_id(pred_ann, pred_json_name)
   gt_keys = list(gt_segs)
   pred_keys = list(pred_segs)

@@ -12,6 +12,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from data import safe_paths
+
 
 def internal_to_segments(panoptic: np.ndarray, label_divisor: int, ignore_label: int,
                          thing_train_ids: Sequence[int],
@@ -82,8 +84,11 @@ class CocoPanopticWriter:
     self.images = []
 
   def add(self, image_id, panoptic: np.ndarray, file_name: Optional[str] = None,
-          scores: Optional[Dict[int, float]] = None, is_groundtruth: bool = False):
-    """Adds one image. `file_name` defaults to `<image_id>.png`."""
+          scores: Optional[Dict[int, float]] = None, is_groundtruth: bool = False,
+          source: str = "image id"):
+    """Adds one image. `file_name` defaults to `<image_id>.png`; it must stay inside the
+    PNG folder (`data/safe_paths.py`); `source` (where the name came from, e.g. a
+    flag) starts the error message otherwise."""
     ids, segments = internal_to_segments(panoptic, self.label_divisor, self.ignore_label,
                                          self.thing_train_ids,
                                          self.train_id_to_category_id, scores)
@@ -91,7 +96,7 @@ class CocoPanopticWriter:
       for seg in segments:
         seg.pop("isthing")
     png_name = os.path.splitext(file_name or str(image_id))[0] + ".png"
-    write_id_png(os.path.join(self.png_dir, png_name), ids)
+    write_id_png(safe_paths.inside(self.png_dir, png_name, source, "image file name"), ids)
     self.annotations.append({"image_id": image_id, "file_name": png_name,
                              "segments_info": segments})
     self.images.append({"id": image_id, "file_name": png_name,
