@@ -47,6 +47,23 @@ def user_message(exc: BaseException) -> Optional[str]:
   return None
 
 
+def parse_gin(gin_files, gin_bindings, **kwargs) -> None:
+  """`gin.parse_config_files_and_bindings` with a missing file or a bad binding refused
+  as a UserError naming --gin_file / --gin_bindings."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  for path in gin_files:
+    if not os.path.isfile(path):
+      raise UserError(f"--gin_file={path}: no such file")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings or []), **kwargs)
+  except (ValueError, SyntaxError, TypeError, NameError, KeyError, ImportError) as e:
+    text = str(e)
+    where = [f for f in gin_files if f'"{f}"' in text]
+    raise UserError(f"--gin_file={where[0]}: {text}" if where
+                    else f"--gin_bindings: {text}") from e
+
+
 def fail(message: str) -> None:
   """Prints `error: <message>` (one line) on stderr and exits with status 2."""
   sys.stderr.write(f"error: {_one_line(message)}\n")

@@ -184,6 +184,27 @@ class DatasetInfo:
             and self.ignore_label == other.ignore_label)
 
 
+def describe(info: DatasetInfo) -> str:
+  return (f"{info.num_classes} classes, label divisor {info.label_divisor}, ignore label "
+          f"{info.ignore_label}")
+
+
+def check_agrees(info: DatasetInfo, info_path: str, other_path: str, what: str) -> None:
+  """Raises UserError when `other_path` exists, is another file than `info_path` and
+  has other categories or label constants. `what` ends in "... were made with"."""
+  other_path = DatasetInfo.resolve_path(other_path)
+  if (not os.path.isfile(other_path) or os.path.realpath(other_path)
+      == os.path.realpath(DatasetInfo.resolve_path(info_path))):
+    return
+  other = DatasetInfo.load(other_path)
+  if not other.same_categories(info):
+    mine, theirs = describe(info), describe(other)
+    if mine == theirs:
+      mine, theirs = "its categories", "other categories"
+    raise UserError(f"--dataset_info={info_path}: {mine}, but {what} {theirs} "
+                    f"({other_path})")
+
+
 def as_dataset_info(info_or_path: "DatasetInfo | str") -> DatasetInfo:
   """Accepts a DatasetInfo or a path to dataset_info.json / its directory."""
   if isinstance(info_or_path, DatasetInfo):

@@ -20,9 +20,14 @@
   `semantic_strided[:, ::2, ::2]` (`KMaXLoss`, exact; no separate stride-4 keys).
 * Reproducibility: `seed` fixes file order, shuffling and augmentation; `deterministic`
   sets `tf.data.Options.deterministic` (element order under parallelism).
+* Agreement with dataset_info: every label's train ids must be < num_classes (or the
+  ignore label), else the pipeline stops with a message naming the image
+  (`LABEL_MISMATCH`); `check_dataset_info` compares dataset_info with what the shards
+  were converted with, `data_error` turns the pipeline's data errors into one line.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Optional, Sequence, Union
@@ -30,10 +35,15 @@ from typing import Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
+from data import converter
+from data import dataset_info as dataset_info_lib
 from data import preprocessing
 from data import tfrecord_format
+from data.cli import UserError
 from data.dataset_info import DatasetInfo, as_dataset_info
 from data.panoptic_targets import panoptic_targets
+
+LABEL_MISMATCH = "does not match dataset_info"
 
 
 def _check_size(crop_size: Sequence[int]) -> tuple[int, int]:
@@ -48,8 +58,53 @@ def _list_files(file_pattern: Union[str, Sequence[str]]) -> list[str]:
   patterns = [file_pattern] if isinstance(file_pattern, (str, os.PathLike)) else file_pattern
   files = sorted({f for p in patterns for f in tf.io.gfile.glob(os.fspath(p))})
   if not files:
-    raise ValueError(f"no TFRecord files match {file_pattern!r}")
+    raise UserError(f"{file_pattern}: no TFRecord files match")
   return files
+
+
+def check_dataset_info(info: DatasetInfo, info_path: str, file_pattern, flag: str) -> None:
+  """Refuses (UserError) a dataset_info other than the one the shards matching
+  `file_pattern` were converted with: the dataset_info.json beside them, and the class
+  count / label constants of their conversion record (`converter.record_path`)."""
+  files = tf.io.gfile.glob(file_pattern)
+  if not files:
+    raise UserError(f"{flag}={file_pattern}: no TFRecord files match")
+  for folder in sorted({os.path.dirname(f) for f in files}):
+    what = f"the shards of {flag} in {folder} were converted with"
+    dataset_info_lib.check_agrees(info, info_path, os.path.join(folder, "dataset_info.json"),
+                                  what)
+    for name in sorted(tf.io.gfile.listdir(folder)):
+      if not (name.startswith("conversion_") and name.endswith(".json")):
+        continue
+      with tf.io.gfile.GFile(os.path.join(folder, name)) as f:
+        record = json.load(f)
+      theirs = tuple(record.get(k) for k in ("num_classes", "label_divisor", "ignore_label"))
+      if theirs != (info.num_classes, info.label_divisor, info.ignore_label):
+        raise UserError(
+            f"--dataset_info={info_path}: {dataset_info_lib.describe(info)}, but {what} "
+            f"{theirs[0]} classes, label divisor {theirs[1]}, ignore label {theirs[2]} "
+            f"({os.path.join(folder, name)})")
+
+
+def data_error(error: Exception, patterns, info_path: str) -> Optional[UserError]:
+  """A one-line UserError for a data error out of a pipeline over `patterns` ({flag:
+  glob}): a damaged file (named), a label that does not match dataset_info (the image
+  named), a record that does not decode. None for other errors."""
+  text = getattr(error, "message", str(error))
+  if isinstance(error, tf.errors.DataLossError):
+    for flag, pattern in patterns.items():
+      located = tfrecord_format.locate_corruption(_list_files(pattern))
+      if located:
+        return UserError(located)
+    return UserError(f"{', '.join(f'{k}={v}' for k, v in patterns.items())}: corrupt "
+                     f"TFRecord data ({text.splitlines()[0][:200]})")
+  if isinstance(error, tf.errors.InvalidArgumentError) and LABEL_MISMATCH in text:
+    detail = text[text.index("image "):].split("]")[0] if "image " in text else text
+    return UserError(f"--dataset_info={info_path}: {detail}")
+  if isinstance(error, tf.errors.InvalidArgumentError) and "IteratorGetNext" in text:
+    return UserError(f"{', '.join(f'{k}={v}' for k, v in patterns.items())}: a record "
+                     f"does not parse or decode ({text.splitlines()[0][:200]})")
+  return None
 
 
 def _check_label_stride(label_stride) -> int:
@@ -68,6 +123,14 @@ def _make_example_fn(info: DatasetInfo, is_training: bool, crop_size, min_scale,
   def fn(seed, serialized):
     ex = tfrecord_format.parse_example(serialized)
     image, label = ex["image"], ex["panoptic"]
+    semantic = label // info.label_divisor
+    known = (semantic < info.num_classes) | (semantic == info.ignore_label)
+    check = tf.debugging.Assert(tf.reduce_all(known), [tf.strings.format(
+        "image {} has train id {} in its label, which " + LABEL_MISMATCH + " ({} classes, "
+        "ignore label {})", (ex["image_id"], tf.reduce_max(tf.where(known, -1, semantic)),
+                             info.num_classes, info.ignore_label))])
+    with tf.control_dependencies([check]):
+      label = tf.identity(label)
     original_size = tf.shape(label)[:2]
     if is_training:
       s_scale, s_crop = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

@@ -5,6 +5,7 @@ Only the chief writes (other workers get a writer that does nothing). Train summ
 go to `<model_dir>/train`, eval summaries to `<model_dir>/eval`.
 """
 
+import json
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -39,6 +40,26 @@ class Writer:
   def close(self):
     if self._writer is not None:
       self._writer.close()
+
+
+def drop_history_after(path: str, step: int) -> None:
+  """Removes the lines of a history.jsonl logged after `step` (a resumed run logs those
+  steps again), atomically; unparsable lines (a write cut by a kill) go too."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+    os.replace(path + ".tmp", path)
 
 
 def train_and_eval_writers(model_dir: str, enabled: bool = True):

@@ -36,26 +36,30 @@ def make_dataset(global_batch: int = 4, size: int = 17, nan_at_batch: int = -1):
   return ds
 
 
-def make_model(batch_norm: str = "none"):
-  """conv -> [BN] -> relu -> conv(1) with a 'backbone' sub-layer; batch_norm in
-  none|sync."""
+def make_model(batch_norm: str = "none", dropout: float = 0.0, width: int = 8):
+  """conv -> [BN] -> relu -> [dropout] -> conv(1) with a 'backbone' sub-layer;
+  batch_norm in none|sync; dropout draws from a keras SeedGenerator."""
   import keras  # pylint: disable=g-import-not-at-top
 
   class TinyNet(keras.Model):
 
     def __init__(self):
       super().__init__(name="tiny")
-      self.backbone = keras.layers.Conv2D(8, 3, padding="same", name="backbone",
+      self.backbone = keras.layers.Conv2D(width, 3, padding="same", name="backbone",
                                           use_bias=batch_norm == "none")
       self.norm = (keras.layers.BatchNormalization(synchronized=True, name="bn")
                    if batch_norm == "sync" else None)
+      self.dropout = keras.layers.Dropout(dropout) if dropout else None
       self.head = keras.layers.Conv2D(1, 1, name="head")
 
     def call(self, images, training=False):
       x = self.backbone(images / 127.5 - 1.0)
       if self.norm is not None:
         x = self.norm(x, training=training)
-      return {"logits": self.head(keras.ops.relu(x))}
+      x = keras.ops.relu(x)
+      if self.dropout is not None:
+        x = self.dropout(x, training=training)
+      return {"logits": self.head(x)}
 
   return TinyNet()
 
@@ -78,6 +82,7 @@ def main(argv=None):
   parser.add_argument("--checkpoint_every", type=int, default=2)
   parser.add_argument("--sleep_per_loop", type=float, default=0.0)
   parser.add_argument("--weights_out", default="")
+  parser.add_argument("--dropout", type=float, default=0.0)
   args = parser.parse_args(argv)
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -88,13 +93,14 @@ def main(argv=None):
   keras.utils.set_random_seed(0)
   tf.config.experimental.enable_op_determinism()
   strategy = tf.distribute.get_strategy()
-  model = make_model()
+  model = make_model(dropout=args.dropout)
   optimizer = optimizer_lib.build_optimizer(
       total_steps=args.schedule_steps or args.steps, base_learning_rate=0.01,
       warmup_steps=2)
   trainer = train_lib.Trainer(model, tiny_loss, optimizer, strategy, args.model_dir,
                               steps_per_loop=args.steps_per_loop,
-                              checkpoint_every=args.checkpoint_every, progress=False)
+                              checkpoint_every=args.checkpoint_every, max_to_keep=100,
+                              progress=False)
   if args.sleep_per_loop:
     import time  # pylint: disable=g-import-not-at-top
     def slow_eval(step):

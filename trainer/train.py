@@ -12,8 +12,12 @@ r"""Trains and/or evaluates kMaX-DeepLab from gin configs.
 * Strategy: default (one device), MirroredStrategy over all local GPUs (or
   --num_gpus), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
   TPUStrategy with --tpu. The gin-bound batch size is the global batch.
-* Restarting with the same --model_dir resumes; SIGTERM/SIGINT save a checkpoint and exit
-  with 128 + the signal number; a NaN/Inf loss stops with exit status 3.
+* Restarting with the same --model_dir resumes exactly from its newest readable
+  checkpoint (model, optimizer, step, input position, random generators, seed); a model_dir
+  whose checkpoints all fail to read is not trained from scratch unless --overwrite.
+  SIGTERM/SIGINT save a checkpoint and exit with 128 + the signal number; a NaN/Inf loss
+  stops with exit status 3; refused input prints one line `error: <file/flag>: ...` and
+  exits with status 2 (--verbose: with the traceback).
 * TensorBoard: `tensorboard --logdir DIR` (train/ and eval/); eval metrics also in
   DIR/eval/metrics.json.
 """
@@ -49,22 +53,25 @@ def define_flags():
                     "bf16 (AVX512-BF16/AMX) when not --jit_compile; else float32.")
   flags.DEFINE_integer("seed", None, "Seed of model init and data order/augmentation.")
   flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+  flags.DEFINE_bool("overwrite", False, "Train from scratch even when none of the "
+                    "checkpoints in --model_dir can be restored (they are kept, renamed "
+                    "*.unreadable); without it such a model_dir is refused.")
   flags.mark_flag_as_required("model_dir")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    raise app.UsageError(f"{argv[1]}: unexpected argument")
   import gin  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import checkpointing  # pylint: disable=g-import-not-at-top
   from trainer import distribution  # pylint: disable=g-import-not-at-top
   from trainer import experiment  # pylint: disable=g-import-not-at-top
 
-  for path in FLAGS.gin_file:
-    if not os.path.exists(path):
-      raise app.UsageError(f"--gin_file={path}: no such file")
-  gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+  if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
+    raise app.UsageError(f"--model_dir={FLAGS.model_dir}: not a directory")
+  from data import cli  # pylint: disable=g-import-not-at-top
+  cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = distribution.get_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)
@@ -74,12 +81,19 @@ def main(argv):
       eval_tfrecord=FLAGS.eval_tfrecord or defaults.eval_tfrecord,
       dataset_info=FLAGS.dataset_info or defaults.dataset_info)
   os.makedirs(FLAGS.model_dir, exist_ok=True)
-  with open(os.path.join(FLAGS.model_dir, "operative_config.gin"), "w") as f:
+  config_path = os.path.join(FLAGS.model_dir, "operative_config.gin")
+  if os.path.exists(config_path) and open(config_path).read() != gin.config_str():
+    n = 1  # another configuration before: kept, never written over
+    while os.path.exists(f"{config_path[:-4]}.{n}.gin"):
+      n += 1
+    os.rename(config_path, f"{config_path[:-4]}.{n}.gin")
+  with open(config_path, "w") as f:
     f.write(gin.config_str())
   try:
     result = experiment.run(FLAGS.mode, FLAGS.model_dir, files, FLAGS.train_steps,
                             strategy=strategy, jit_compile=FLAGS.jit_compile,
-                            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed)
+                            mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
+                            overwrite=FLAGS.overwrite)
   except checkpointing.TrainingInterrupted as e:
     logging.warning("%s", e)
     sys.exit(128 + e.signum)
@@ -93,5 +107,6 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from data import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,0 +1,108 @@
+"""Which checkpoints a model_dir holds, whether they read, and restoring with clear errors.
+
+* The `ckpt-<n>` files decide (`numbered`), not the `checkpoint` state file: a deleted
+  or garbled state file loses nothing.
+* `check_readable(prefix)` reads every tensor of a checkpoint (TensorFlow verifies each
+  one's CRC32C) and raises `CheckpointUnreadableError` naming it: truncated, garbled or
+  missing files.
+* `restore(checkpoint, prefix)` restores and turns a structure or shape mismatch (a
+  checkpoint of another config or class count) into one `CheckpointMismatchError` line,
+  without TensorFlow's warning per unrestored value.
+* `newest_readable(model_dir)`: the newest checkpoint that reads, with a warning naming
+  each newer one that does not.
+Used by the trainer (resume), evaluation and the inference CLIs.
+"""
+import gc
+import logging
+import os
+import re
+from typing import Callable, List, Optional, Tuple
+
+import tensorflow as tf
+
+from data.cli import UserError
+
+_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
+class CheckpointUnreadableError(UserError):
+  """A checkpoint's files are missing, truncated or corrupt (the message names it)."""
+
+
+class CheckpointMismatchError(UserError):
+  """A checkpoint does not fit the model built from the config and dataset_info."""
+
+
+def numbered(model_dir: str) -> List[Tuple[int, str]]:
+  """[(n, prefix)] of the `ckpt-<n>.index` files in model_dir, newest (largest n) first."""
+  if not tf.io.gfile.isdir(model_dir):
+    return []
+  found = [(int(m.group(1)), os.path.join(model_dir, f"ckpt-{m.group(1)}"))
+           for m in map(_INDEX.match, tf.io.gfile.listdir(model_dir)) if m]
+  return sorted(found, reverse=True)
+
+
+def check_readable(prefix: str) -> None:
+  """Reads every tensor of the checkpoint (CRC-checked); raises CheckpointUnreadableError.
+  Variant tensors (an input iterator's state) are checked when they are restored."""
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+      if dtype != tf.variant:
+        reader.get_tensor(name)
+  except Exception as e:  # pylint: disable=broad-except  (DataLoss, IndexError, ...)
+    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+    raise CheckpointUnreadableError(
+        f"{prefix}: unreadable checkpoint ({type(e).__name__}: "
+        f"{text.splitlines()[0][:200]})") from None
+
+
+def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False):
+  """`checkpoint.restore(prefix)`, every object of `checkpoint` matched (all values of the
+  file used too unless `partial`). A mismatch raises CheckpointMismatchError naming the
+  first variable at fault; any other failure CheckpointUnreadableError."""
+  problem, error_type = None, CheckpointMismatchError
+  logger = tf.get_logger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)  # no warning per unrestored value on failure
+  try:
+    status = checkpoint.restore(prefix)
+    status.assert_existing_objects_matched()
+    if partial:
+      status.expect_partial()
+    return status
+  except (ValueError, AssertionError) as e:
+    problem = str(e).strip().splitlines()[0][:400]
+  except Exception as e:  # pylint: disable=broad-except
+    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+    problem = f"unreadable checkpoint ({type(e).__name__}: {text.splitlines()[0][:200]})"
+    error_type = CheckpointUnreadableError
+  finally:
+    if problem is not None:
+      gc.collect()  # the failed restore's bookkeeping goes now, while warnings are off
+    logger.setLevel(level)
+  if error_type is CheckpointMismatchError:
+    problem = (f"does not match the model built from the gin config and dataset_info "
+               f"({problem}); was it trained with another config or dataset?")
+  raise error_type(f"{prefix}: {problem}")
+
+
+def newest_readable(model_dir: str,
+                    warn: Callable[[str], None] = logging.warning) -> Optional[str]:
+  """The newest `ckpt-<n>` of model_dir that reads; `warn` names each newer one that
+  does not. None when there is no checkpoint; CheckpointUnreadableError when none reads."""
+  found = numbered(model_dir)
+  errors = []
+  for _, prefix in found:
+    try:
+      check_readable(prefix)
+    except CheckpointUnreadableError as e:
+      errors.append(str(e))
+      continue
+    for error in errors:
+      warn(f"{error}; using the newest readable checkpoint {prefix} instead")
+    return prefix
+  if errors:
+    raise CheckpointUnreadableError(f"{model_dir}: none of its {len(found)} checkpoints "
+                                    f"reads (newest: {errors[0]})")
+  return None
