@@ -58,15 +58,16 @@ def check_readable(prefix: str) -> None:
 
 
 def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False):
-  """`checkpoint.restore(prefix)`, every object of `checkpoint` matched (all values of the
-  file used too unless `partial`). A mismatch raises CheckpointMismatchError naming the
+  """Restores `prefix` into `checkpoint`, every object of `checkpoint` matched (with
+  `partial`, values of the file may stay unused: inference reads only the model). A mismatch raises CheckpointMismatchError naming the
   first variable at fault; any other failure CheckpointUnreadableError."""
   problem, error_type = None, CheckpointMismatchError
   logger = tf.get_logger()
   level = logger.level
   logger.setLevel(logging.ERROR)  # no warning per unrestored value on failure
   try:
-    status = checkpoint.restore(prefix)
+    # read: no save_counter needed (inference); restore: it is restored too (training)
+    status = checkpoint.read(prefix) if partial else checkpoint.restore(prefix)
     status.assert_existing_objects_matched()
     if partial:
       status.expect_partial()

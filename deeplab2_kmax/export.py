@@ -18,9 +18,15 @@ the largest image and `image_size` [batch, 2] tells each image's height and widt
 per image, the first `num_segments` entries are real), `num_segments` int32 [batch].
 Classes are train ids; `category_ids[train_id]` gives the dataset's category id.
 
+Inputs are checked before any work, each refusal (InvalidArgumentError) naming what is
+wrong: `image_bytes[i]` that does not decode, an image above `--max_image_pixels` (read
+from its header, before decoding; default 4096 x 4096, 0: no limit), `images` that are
+not uint8 [batch, H, W, 3].
+
 Label metadata travels with the model: `assets/dataset_info.json`, and the attributes
 `label_divisor`, `ignore_label`, `num_classes`, `category_ids`, `category_names`,
-`category_isthing`, `category_colors`, `input_size` (variables of the loaded object).
+`category_isthing`, `category_colors`, `input_size`, `max_image_pixels` (variables of the
+loaded object).
 Every signature runs `inference.PanopticPredictor.predict_image`, the function the
 Python path calls, so exported predictions equal the checkpoint's pixel for pixel;
 `--verify_tfrecord` checks this on a split after exporting (and fails otherwise).
@@ -28,6 +34,9 @@ Python path calls, so exported predictions equal the checkpoint's pixel for pixe
 so the exported model sees the evaluation's input; without it each image is padded to
 the next 32k+1 size.
 """
+import contextlib
+import itertools
+import logging
 import os
 import re
 import shutil
@@ -35,6 +44,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from data.cli import UserError
 from deeplab2_kmax import inference
 
 OUTPUT_NAMES = {"panoptic": "panoptic_map", "semantic": "semantic_map",
@@ -59,19 +69,40 @@ class ServingModule(tf.Module):
     self.category_isthing = constant([c.isthing for c in info.categories], tf.int32)
     self.category_colors = constant(info.colors, tf.int32)
     self.input_size = constant(list(predictor.input_size or (0, 0)), tf.int32)
+    self.max_image_pixels = constant(predictor.max_image_pixels, tf.int64)
 
   @staticmethod
   def _rename(result):
     return {OUTPUT_NAMES[k]: v for k, v in result.items()}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+  # Shapes are checked at run time with a message stating the expected input (TF and
+  # TF Serving do not enforce a signature's shape), so the specs leave them open.
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")])
   def serve_bytes(self, image_bytes):
     return self._rename(self.predictor.predict_encoded(image_bytes))
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8,
-                                              name="images")])
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
   def serve_images(self, images):
     return self._rename(self.predictor.predict_images(images))
+
+
+class _NoRenamedInputsWall(logging.Filter):
+  """Drops TensorFlow's info line listing every captured variable of a signature
+  (thousands of numeric input names renamed `unknown_N`)."""
+
+  def filter(self, record):
+    return "with unsupported characters which will be renamed" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_signature_renames():
+  logger = logging.getLogger("absl")
+  wall = _NoRenamedInputsWall()
+  logger.addFilter(wall)
+  try:
+    yield
+  finally:
+    logger.removeFilter(wall)
 
 
 def next_version(output_dir: str) -> int:
@@ -88,14 +119,14 @@ def export_saved_model(predictor: inference.PanopticPredictor, info, output_dir:
   from data.dataset_info import INFO_FILE_NAME
 
   if not output_dir:
-    raise ValueError("--output_dir is required")
+    raise UserError("--output_dir: required flag not set")
   version = next_version(output_dir) if version is None else int(version)
   if version < 1:
-    raise ValueError(f"--version must be >= 1, got {version}")
+    raise UserError(f"--version={version}: must be >= 1")
   final = os.path.join(output_dir, str(version))
   if os.path.exists(final):
-    raise ValueError(f"--output_dir={output_dir}: version {version} already exists "
-                     f"({final}); pick another --version or leave it unset")
+    raise UserError(f"--output_dir={output_dir}: version {version} already exists "
+                    f"({final}); pick another --version or leave it unset")
   staging = os.path.join(output_dir, f".staging-{version}-{os.getpid()}")
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
@@ -104,7 +135,8 @@ def export_saved_model(predictor: inference.PanopticPredictor, info, output_dir:
   signatures = {"serving_default": module.serve_bytes.get_concrete_function(),
                 "serve_images": module.serve_images.get_concrete_function()}
   saved = os.path.join(staging, "saved_model")
-  tf.saved_model.save(module, saved, signatures=signatures)
+  with _quiet_signature_renames():
+    tf.saved_model.save(module, saved, signatures=signatures)
   os.rename(saved, final)
   shutil.rmtree(staging)
   return final
@@ -118,8 +150,8 @@ def resolve_saved_model(path: str) -> str:
               if re.fullmatch(r"\d+", n)
               and tf.io.gfile.exists(os.path.join(path, n, "saved_model.pb"))]
   if not versions:
-    raise ValueError(f"--saved_model={path}: neither a SavedModel (no saved_model.pb) "
-                     "nor a folder of numbered SavedModel versions")
+    raise UserError(f"--saved_model={path}: neither a SavedModel (no saved_model.pb) "
+                    "nor a folder of numbered SavedModel versions")
   return os.path.join(path, max(versions, key=int))
 
 
@@ -134,11 +166,12 @@ def verify_export(saved_model_dir: str, predictor: inference.PanopticPredictor,
 
   files = tf.io.gfile.glob(tfrecord_pattern)
   if not files:
-    raise ValueError(f"--verify_tfrecord={tfrecord_pattern}: matches no file")
+    raise UserError(f"--verify_tfrecord={tfrecord_pattern}: matches no file")
   loaded = tf.saved_model.load(saved_model_dir)
-  dataset = tf.data.TFRecordDataset(sorted(files))
-  if max_examples:
-    dataset = dataset.take(max_examples)
+  # read_records names a damaged file; islice: at most max_examples records
+  dataset = itertools.islice(
+      (r for path in sorted(files) for r in tfrecord_format.read_records(path)),
+      max_examples or None)
   spec = {tfrecord_format.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
   count = pixels = 0
   for serialized in tqdm(dataset, desc="verify export", unit="image"):
@@ -171,7 +204,7 @@ def parse_input_size(text: Optional[str]):
   try:
     values = [int(v) for v in text.split(",")]
   except ValueError as e:
-    raise ValueError(f"--input_size must be H,W integers, got {text!r}") from e
+    raise UserError(f"--input_size={text}: must be H,W integers") from e
   return inference.check_input_size(values)
 
 
@@ -179,11 +212,12 @@ def run(f) -> str:
   """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
   from data.dataset_info import DatasetInfo
 
-  info = DatasetInfo.load(f.dataset_info) if f.dataset_info else None
-  if info is None:
-    raise ValueError("--dataset_info is required (the converter's dataset_info.json)")
-  predictor = inference.load_predictor(f.gin_file, f.gin_bindings, f.checkpoint, info,
-                                       parse_input_size(f.input_size))
+  if not f.dataset_info:
+    raise UserError("--dataset_info: required (the converter's dataset_info.json)")
+  info = DatasetInfo.load(f.dataset_info)
+  predictor = inference.load_predictor(f.gin_file, f.gin_bindings, f.checkpoint,
+                                       f.dataset_info, parse_input_size(f.input_size),
+                                       f.max_image_pixels)
   path = export_saved_model(predictor, info, f.output_dir, f.version)
   print(f"exported SavedModel to {path}")
   if f.verify_tfrecord:
@@ -219,9 +253,11 @@ def define_flags(flag_values=None):
                        **on)
   flags.DEFINE_integer("version", None, "version folder number (default: next free, from 1)",
                        **on)
+  flags.DEFINE_integer("max_image_pixels", inference.DEFAULT_MAX_IMAGE_PIXELS,
+                       "refuse images with more pixels than this (0: no limit)", **on)
 
 
 if __name__ == "__main__":
-  from absl import app
+  from data import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

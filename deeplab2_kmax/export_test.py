@@ -212,10 +212,13 @@ def run_cli(module, argv):
 
 @pytest.mark.slow  # builds, checkpoints and exports a real (tiny) model: ~30 s on 2 cores
 def test_export_cli_real_model_equals_python_path(tmp_path):
+  from deeplab2_kmax.serving_safety_test import log_messages  # pylint: disable=g-import-not-at-top
   gin_path, prefix, info_path = write_tiny_checkpoint(tmp_path)
-  path = run_cli(export, [f"--gin_file={gin_path}", f"--checkpoint={prefix}",
-                          f"--dataset_info={info_path}", f"--output_dir={tmp_path / 's'}"])
+  with log_messages() as messages:
+    path = run_cli(export, [f"--gin_file={gin_path}", f"--checkpoint={prefix}",
+                            f"--dataset_info={info_path}", f"--output_dir={tmp_path / 's'}"])
   assert path == str(tmp_path / "s" / "1")
+  assert messages and not [m for m in messages if "unknown_" in m or len(m) > 1000]
   loaded = tf.saved_model.load(path)
   predictor = inference.load_predictor([gin_path], [], prefix, info_path)
   for h, w in [(33, 33), (50, 70)]:

@@ -21,15 +21,22 @@ Geometry (documented choice):
   image before merging, so padding never counts toward a segment's area or score; when
   the image was resized, the maps go back to the original size by nearest-neighbour
   resizing.
+* Batched inputs are checked first, each refusal naming the batch index: encoded bytes
+  that do not decode, images larger than `max_image_pixels` (read from the JPEG / PNG /
+  GIF / BMP header, before decoding), arrays that are not uint8 [batch, H, W, 3].
 """
+import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
 from data import preprocessing
+from data.cli import UserError
+from deeplab2_kmax.input_checks import guarded, header_size
 
 PAD_VALUE = preprocessing.IMAGE_PAD_VALUE  # 127.5: 0 after the model's x / 127.5 - 1
 OUTPUT_STRIDE = 32
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 MAP_KEYS = ("panoptic", "semantic", "instance")
 SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores")
 
@@ -47,12 +54,12 @@ def check_input_size(input_size: Optional[Sequence[int]]) -> Optional[Tuple[int,
   if input_size is None:
     return None
   if len(input_size) != 2:
-    raise ValueError(f"--input_size must be H,W; got {list(input_size)}")
+    raise UserError(f"--input_size={input_size}: must be H,W")
   height, width = (int(v) for v in input_size)
   for v in (height, width):
     if v < OUTPUT_STRIDE + 1 or (v - 1) % OUTPUT_STRIDE:
-      raise ValueError(f"--input_size values must be {OUTPUT_STRIDE}k+1 (e.g. 641, 1281), "
-                       f"got {height},{width}")
+      raise UserError(f"--input_size={height},{width}: values must be {OUTPUT_STRIDE}k+1 "
+                      "(e.g. 641, 1281)")
   return height, width
 
 
@@ -108,16 +115,21 @@ class PanopticPredictor(tf.Module):
     merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`).
     label_divisor, ignore_label: from dataset_info.json (pad value of batched maps).
     input_size: optional (H, W), see the module docstring.
+    max_image_pixels: batched inputs with more pixels per image are refused (0: any).
   """
 
   def __init__(self, model, merger, label_divisor: int, ignore_label: int,
-               input_size: Optional[Sequence[int]] = None, name=None):
+               input_size: Optional[Sequence[int]] = None,
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, name=None):
     super().__init__(name=name)
     self.model = model
     self.merger = merger
     self.label_divisor = int(label_divisor)
     self.ignore_label = int(ignore_label)
     self.input_size = check_input_size(input_size)
+    if int(max_image_pixels) < 0:
+      raise UserError(f"--max_image_pixels={max_image_pixels}: must be >= 0")
+    self.max_image_pixels = int(max_image_pixels)
 
   @property
   def void_value(self) -> int:
@@ -191,39 +203,112 @@ class PanopticPredictor(tf.Module):
     result["image_size"] = sizes
     return result
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+  def _too_large(self, size) -> tf.Tensor:
+    pixels = tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64)
+    return tf.logical_and(self.max_image_pixels > 0, pixels > self.max_image_pixels)
+
+  @staticmethod
+  def _refused():
+    """What a refused request 'returns' (never seen: the refusal raises)."""
+    maps, segments = tf.zeros([0, 0, 0], tf.int32), tf.zeros([0, 0], tf.int32)
+    result = {k: maps for k in MAP_KEYS}
+    result.update({"segment_ids": segments, "segment_classes": segments,
+                   "segment_scores": tf.zeros([0, 0]), "num_segments": tf.zeros([0], tf.int32),
+                   "image_size": tf.zeros([0, 2], tf.int32)})
+    return result
+
+  def _size_limited(self, name, sizes, large, fn):
+    """fn() unless an image is above max_image_pixels (refused naming its index)."""
+    def message():
+      index = tf.argmax(tf.cast(large, tf.int32), output_type=tf.int32)
+      return tf.strings.format(
+          name + "[{}]: {} x {} pixels, more than the maximum of "
+          + f"{self.max_image_pixels} pixels per image (export --max_image_pixels)",
+          (index, sizes[index][0], sizes[index][1]))
+    return guarded(tf.logical_not(tf.reduce_any(large)), message, fn, self._refused)
+
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.uint8)])
   def predict_images(self, images):
     """uint8 [B, H, W, 3] -> maps [B, H, W], segments [B, N], num_segments [B]."""
     shape = tf.shape(images)
-    sizes = tf.tile(shape[1:3][tf.newaxis], [shape[0], 1])
-    return self._predict_many(shape[0], lambda i: images[i], sizes)
+    rank_ok = tf.equal(tf.size(shape), 4)
+    channels = tf.cond(rank_ok, lambda: shape[-1], lambda: tf.constant(-1))
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def checked():
+      batch = tf.ensure_shape(images, [None, None, None, 3])
+      sizes = tf.tile(shape[1:3][tf.newaxis], [shape[0], 1])
+      large = tf.fill([shape[0]], self._too_large(shape[1:3]))
+      return self._size_limited("images", sizes, large, lambda: self._predict_many(
+          shape[0], lambda i: batch[i], sizes))
+
+    return guarded(tf.logical_and(rank_ok, tf.equal(channels, 3)), lambda: (
+        tf.strings.format("images: expected uint8 [batch, height, width, 3] (RGB), got "
+                          "shape {}", shape)), checked, self._refused)
+
+  def _inspect_encoded(self, image_bytes, count):
+    """(decodes [count] bool, sizes [count, 2], above max_image_pixels [count]); the
+    size of a large image comes from its header (not decoded)."""
+    def inspect(i):
+      data = image_bytes[i]
+      header = header_size(data)
+      large = self._too_large(header)
+      size = tf.cond(large, lambda: header,
+                     lambda: tf.shape(decode_image(data), out_type=tf.int64)[:2])
+      return i, size, tf.logical_or(large, self._too_large(size))
+
+    def collect(state, element):
+      index = tf.reshape(element[0], [1, 1])
+      return tuple(tf.tensor_scatter_nd_update(s, index, v[tf.newaxis])
+                   for s, v in zip(state, (tf.constant(True),) + element[1:]))
+
+    # ignore_errors drops the elements that fail to decode: their index stays not ok.
+    return tf.data.Dataset.range(tf.cast(count, tf.int64)).map(
+        inspect).ignore_errors().reduce(
+            (tf.zeros([count], tf.bool), tf.zeros([count, 2], tf.int64),
+             tf.zeros([count], tf.bool)), collect)
+
+  @tf.function(input_signature=[tf.TensorSpec(None, tf.string)])
   def predict_encoded(self, image_bytes):
     """JPEG/PNG/BMP/GIF bytes [B] (any sizes) -> maps [B, H_max, W_max] padded with
-    void, plus `image_size` [B, 2] (height, width of each image). Malformed bytes
-    raise InvalidArgumentError."""
-    count = tf.shape(image_bytes)[0]
-    # Sizes first (to pad every map to the largest image), then one image at a time:
-    # each image is decoded twice rather than all decoded images held at once.
-    sizes = tf.map_fn(lambda data: tf.shape(decode_image(data))[:2], image_bytes,
-                      fn_output_signature=tf.TensorSpec([2], tf.int32))
-    sizes = tf.reshape(sizes, [count, 2])
-    return self._predict_many(count, lambda i: decode_image(image_bytes[i]), sizes)
+    void, plus `image_size` [B, 2] (height, width of each image). Bytes that do not
+    decode or an image above max_image_pixels raise InvalidArgumentError naming the
+    index."""
+    def checked():
+      batch = tf.reshape(image_bytes, [-1])
+      count = tf.shape(batch)[0]
+      # Sizes first (to pad every map to the largest image), then one image at a time:
+      # each image is decoded twice rather than all decoded images held at once.
+      ok, sizes, large = self._inspect_encoded(batch, count)
+      sizes = tf.cast(sizes, tf.int32)
+      first_bad = lambda: tf.argmax(tf.cast(tf.logical_not(ok), tf.int32),
+                                    output_type=tf.int32)
+      return guarded(tf.reduce_all(ok), lambda: tf.strings.format(
+          "image_bytes[{}]: not a decodable JPEG, PNG, BMP or GIF image", first_bad()),
+                     lambda: self._size_limited("image_bytes", sizes, large, lambda: (
+                         self._predict_many(count, lambda i: decode_image(batch[i]),
+                                            sizes))), self._refused)
+
+    return guarded(tf.equal(tf.rank(image_bytes), 1), lambda: tf.strings.format(
+        "image_bytes: expected a 1-D string tensor [batch] of encoded images, got shape "
+        "{}", tf.shape(image_bytes)), checked, self._refused)
 
 
 def resolve_checkpoint(checkpoint: str) -> str:
-  """A checkpoint prefix (`model_dir/ckpt-300`) or a model_dir (its latest checkpoint)."""
+  """A checkpoint prefix (`model_dir/ckpt-300`) or a model_dir (its newest readable
+  checkpoint: the `ckpt-<n>` files decide, `checkpoint_files.newest_readable`)."""
+  from deeplab2_kmax import checkpoint_files
+
   if not checkpoint:
-    raise ValueError("--checkpoint is required (a prefix such as model_dir/ckpt-300)")
+    raise UserError("--checkpoint: required (a prefix such as model_dir/ckpt-300)")
   if tf.io.gfile.isdir(checkpoint):
-    latest = tf.train.latest_checkpoint(checkpoint)
+    latest = checkpoint_files.newest_readable(checkpoint)
     if latest is None:
-      raise ValueError(f"--checkpoint={checkpoint}: directory holds no checkpoint")
+      raise UserError(f"--checkpoint={checkpoint}: directory holds no checkpoint")
     return latest
   if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise ValueError(f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index "
-                     "is missing); pass a prefix such as model_dir/ckpt-300")
+    raise UserError(f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index "
+                    "is missing); pass a prefix such as model_dir/ckpt-300")
+  checkpoint_files.check_readable(checkpoint)
   return checkpoint
 
 
@@ -239,7 +324,9 @@ def untracked_variables(model):
 
 def restore_model(model, checkpoint: str, dummy_size: int = 65):
   """Builds the model's variables on a dummy image, then restores `checkpoint` and
-  checks that every model variable received a value."""
+  checks that every model variable received a value (a mismatch is one clear error)."""
+  from deeplab2_kmax import checkpoint_files
+
   model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
   prefix = resolve_checkpoint(checkpoint)
   missing = untracked_variables(model)
@@ -249,22 +336,19 @@ def restore_model(model, checkpoint: str, dummy_size: int = 65):
         f"are invisible to tf.train.Checkpoint(model=model), so no checkpoint holds them "
         f"(first: {missing[:3]}); under Keras 3, layers kept in Python lists are not "
         "tracked by TF checkpoints: the model code must assign them as attributes")
-  status = tf.train.Checkpoint(model=model).read(prefix)
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as e:
-    raise ValueError(f"--checkpoint={prefix} does not match the model built from the "
-                     f"gin config: {str(e)[:500]}") from e
-  status.expect_partial()
+  checkpoint_files.restore(tf.train.Checkpoint(model=model), prefix, partial=True)
   return prefix
 
 
 def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkpoint: str,
-                   dataset_info, input_size=None) -> "PanopticPredictor":
+                   dataset_info, input_size=None,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> "PanopticPredictor":
   """gin config + checkpoint + dataset_info.json -> a restored PanopticPredictor (the
-  Python path every CLI shares)."""
+  Python path every CLI shares). A dataset_info.json beside the checkpoint (the
+  trainer's copy) must agree with `dataset_info`."""
   import gin
-  from data.dataset_info import as_dataset_info
+  from data import cli
+  from data import dataset_info as dataset_info_lib
   # Every gin-configurable module must be imported before parsing (gin locks the
   # config afterwards); model.py imports the backbones lazily.
   from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
@@ -272,20 +356,21 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   from deeplab2_kmax.post_processing import MaskWiseMerger
 
   if not gin_files:
-    raise ValueError("--gin_file is required (the config the checkpoint was trained with)")
-  for path in gin_files:
-    if not tf.io.gfile.exists(path):
-      raise ValueError(f"--gin_file={path}: no such file")
-  info = as_dataset_info(dataset_info)
+    raise cli.UserError("--gin_file: required (the config the checkpoint was trained with)")
   # skip_unknown: training configs also bind the trainer / input pipeline, which
   # inference does not import; bindings of the model and merger are still checked.
   # unlock: a process may build several predictors (parsing locks the config).
   with gin.unlock_config():
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings or []),
-                                        skip_unknown=True)
+    cli.parse_gin(gin_files, gin_bindings, skip_unknown=True)
+  info = dataset_info_lib.as_dataset_info(dataset_info)
+  prefix = resolve_checkpoint(checkpoint)
+  if not isinstance(dataset_info, dataset_info_lib.DatasetInfo):
+    dataset_info_lib.check_agrees(
+        info, str(dataset_info), os.path.join(os.path.dirname(prefix), "dataset_info.json"),
+        f"the checkpoint {prefix} was made with")
   model = build_model(num_classes=info.num_classes)
-  restore_model(model, checkpoint)
+  restore_model(model, prefix)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
                           label_divisor=info.label_divisor, ignore_label=info.ignore_label)
   return PanopticPredictor(model, merger, info.label_divisor, info.ignore_label,
-                           input_size=input_size)
+                           input_size=input_size, max_image_pixels=max_image_pixels)
