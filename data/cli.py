@@ -84,20 +84,23 @@ def _parse_flags(argv):
     fail(text)
 
 
+def call(fn: Callable, *args, verbose: bool = False):
+  """fn(*args); a refusal (see `user_message`) prints one line and exits with status 2
+  (unless `verbose`: then it propagates with its traceback). For any entry point."""
+  try:
+    return fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    message = user_message(e)
+    if message is None or verbose:
+      raise
+  fail(message)
+
+
 def run(main: Callable, argv=None) -> None:
   """absl's `app.run(main)` with one-line refusals (see the module docstring)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Print the traceback of refused inputs too.")
-
-  def wrapped(args):
-    try:
-      return main(args)
-    except Exception as e:  # pylint: disable=broad-except
-      message = user_message(e)
-      if message is None or flags.FLAGS.verbose:
-        raise
-      fail(message)
-
-  app.run(wrapped, argv=argv, flags_parser=_parse_flags)
+  app.run(lambda args: call(main, args, verbose=flags.FLAGS.verbose), argv=argv,
+          flags_parser=_parse_flags)

@@ -107,6 +107,24 @@ def data_error(error: Exception, patterns, info_path: str) -> Optional[UserError
   return None
 
 
+def batches_naming_data_errors(dataset, patterns, info_path: str):
+  """Iterates `dataset`; a data error becomes `data_error`'s one-line UserError."""
+  iterator = iter(dataset)
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      error = data_error(e, patterns, info_path)
+      if error is None:
+        raise
+    else:
+      yield batch
+      continue
+    raise error
+
+
 def _check_label_stride(label_stride) -> int:
   if isinstance(label_stride, bool) or int(label_stride) != label_stride or \
       int(label_stride) not in (1, 2, 4):

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from data.cli import UserError
 from deeplab2_kmax import inference, visualization
 
 
@@ -31,7 +32,7 @@ def decode_image(data: bytes, path: str) -> np.ndarray:
   try:
     return inference.decode_image(data).numpy()
   except tf.errors.InvalidArgumentError as e:
-    raise ValueError(f"{path}: not a decodable image ({e.message.splitlines()[0]})") from e
+    raise UserError(f"{path}: not a decodable image ({e.message.splitlines()[0]})") from e
 
 
 def saved_model_runner(path: str):
@@ -59,9 +60,9 @@ def checkpoint_runner(gin_files, gin_bindings, checkpoint, dataset_info, input_s
   from deeplab2_kmax.inference import load_predictor
 
   if not dataset_info:
-    raise ValueError("--dataset_info is required with --checkpoint")
+    raise UserError("--dataset_info: required with --checkpoint")
+  predictor = load_predictor(gin_files, gin_bindings, checkpoint, dataset_info, input_size)
   info = DatasetInfo.load(dataset_info)
-  predictor = load_predictor(gin_files, gin_bindings, checkpoint, info, input_size)
 
   def run(data: bytes, file_path: str):
     image = decode_image(data, file_path)
@@ -73,16 +74,16 @@ def checkpoint_runner(gin_files, gin_bindings, checkpoint, dataset_info, input_s
 def list_images(pattern: str) -> List[str]:
   """Sorted files matching `--images`; stems must be unique (they name the outputs)."""
   if not pattern:
-    raise ValueError("--images is required (a glob such as 'photos/*.jpg')")
+    raise UserError("--images: required (a glob such as 'photos/*.jpg')")
   files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
   if not files:
-    raise ValueError(f"--images={pattern}: no file matches")
+    raise UserError(f"--images={pattern}: no file matches")
   seen: Dict[str, str] = {}
   for f in files:
     stem = os.path.splitext(os.path.basename(f))[0]
     if stem in seen:
-      raise ValueError(f"--images={pattern}: {seen[stem]} and {f} would both be written "
-                       f"as {stem}.png")
+      raise UserError(f"--images={pattern}: {seen[stem]} and {f} would both be written "
+                      f"as {stem}.png")
     seen[stem] = f
   return files
 
@@ -101,7 +102,7 @@ def predict_files(info, run: Callable[[bytes, str], Tuple[np.ndarray, Dict]],
   from evaluation.writers import CocoPanopticWriter
 
   if not output_dir:
-    raise ValueError("--output_dir is required")
+    raise UserError("--output_dir: required flag not set")
   writer = CocoPanopticWriter(
       output_dir, info.coco_categories(), info.label_divisor, info.ignore_label,
       info.thing_train_ids, [info.train_id_to_category_id[t] for t in range(info.num_classes)],
@@ -132,16 +133,17 @@ def run(f) -> str:
   from deeplab2_kmax.export import parse_input_size
 
   if f.saved_model and f.checkpoint:
-    raise ValueError("pass either --saved_model or --gin_file/--checkpoint, not both")
+    raise UserError("--saved_model, --checkpoint: pass one of them, not both")
   if f.saved_model:
     if f.input_size:
-      raise ValueError("--input_size is fixed at export time; drop it with --saved_model")
+      raise UserError("--input_size: fixed at export time; drop it with --saved_model")
     info, run = saved_model_runner(f.saved_model)
   elif f.checkpoint:
     info, run = checkpoint_runner(f.gin_file, f.gin_bindings, f.checkpoint, f.dataset_info,
                                   parse_input_size(f.input_size))
   else:
-    raise ValueError("pass --saved_model=DIR or --gin_file, --checkpoint and --dataset_info")
+    raise UserError("--saved_model / --checkpoint: pass --saved_model=DIR or --gin_file, "
+                    "--checkpoint and --dataset_info")
   json_path = predict_files(info, run, list_images(f.images), f.output_dir,
                             f.min_label_fraction, f.overlay_scale)
   print(f"wrote {json_path}, {f.output_dir}/panoptic/*.png and {f.output_dir}/overlay/*.png")
@@ -175,6 +177,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from absl import app
+  from data import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -17,6 +17,7 @@ from typing import List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from data.cli import UserError
 from deeplab2_kmax import inference, visualization
 
 
@@ -59,7 +60,7 @@ def default_dataset_info(checkpoint: str) -> str:
   folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
   path = os.path.join(folder, "dataset_info.json")
   if not os.path.exists(path):
-    raise ValueError(f"--dataset_info is required ({path} does not exist)")
+    raise UserError(f"--dataset_info: required ({path} does not exist)")
   return path
 
 
@@ -70,12 +71,13 @@ def run(f) -> str:
   from deeplab2_kmax.predict import decode_image
 
   if not f.image or not os.path.isfile(f.image):
-    raise ValueError(f"--image={f.image}: no such file")
+    raise UserError(f"--image={f.image}: no such file")
   if not f.output:
-    raise ValueError("--output is required (a .png path)")
-  info = DatasetInfo.load(f.dataset_info or default_dataset_info(f.checkpoint))
-  predictor = inference.load_predictor(f.gin_file, f.gin_bindings, f.checkpoint, info,
+    raise UserError("--output: required (a .png path)")
+  info_path = f.dataset_info or default_dataset_info(f.checkpoint)
+  predictor = inference.load_predictor(f.gin_file, f.gin_bindings, f.checkpoint, info_path,
                                        parse_input_size(f.input_size))
+  info = DatasetInfo.load(info_path)
   with open(f.image, "rb") as fh:
     image = decode_image(fh.read(), f.image)
   draw(predictor, info, image, f.output, f.min_label_fraction)
@@ -108,6 +110,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from absl import app
+  from data import cli
   define_flags()
-  app.run(main)
+  cli.run(main)

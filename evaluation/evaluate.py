@@ -12,18 +12,20 @@ ground truth in the same format (OUT/groundtruth*), so that
 --pred_json_file=OUT/panoptic.json` reproduces the PQ of metrics.json.
 The eval size / batch come from `experiment_options` (gin) like the trainer's eval;
 every image is merged at the padded size and cropped to its original size first.
+dataset_info must agree with the shards (their dataset_info / conversion record) and
+with a dataset_info.json beside the checkpoint; refusals print one line
+`error: <file/flag>: ...` (exit status 2; --verbose for the traceback).
 """
 
 import json
 import os
 import sys
 
-from absl import app
 from absl import flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data import cli  # pylint: disable=g-import-not-at-top
 from evaluation.instance_ap import InstanceAP  # pylint: disable=g-import-not-at-top
 from evaluation.miou import MeanIoU  # pylint: disable=g-import-not-at-top
 from evaluation.panoptic_quality import PanopticQualityAccumulator  # pylint: disable=g-import-not-at-top
@@ -55,29 +57,29 @@ def _image_id(raw, fallback: int):
 def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dataset_info,
              max_examples=0, write_groundtruth=False, instance_ap=True) -> dict:
   """Runs the evaluation; returns the metrics dict written to output_dir/metrics.json."""
-  import gin  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from data import dataset_info as dataset_info_lib  # pylint: disable=g-import-not-at-top
+  from data import input_pipeline  # pylint: disable=g-import-not-at-top
   from data.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
   from data.input_pipeline import build_dataset  # pylint: disable=g-import-not-at-top
-  from deeplab2_kmax.inference import restore_model  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.inference import resolve_checkpoint, restore_model  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.model import build_model  # pylint: disable=g-import-not-at-top
   from deeplab2_kmax.post_processing import MaskWiseMerger  # pylint: disable=g-import-not-at-top
   from trainer.experiment import experiment_options  # pylint: disable=g-import-not-at-top
 
-  for path in gin_files:
-    if not tf.io.gfile.exists(path):
-      raise ValueError(f"--gin_file={path}: no such file")
   if not tf.io.gfile.exists(dataset_info):
-    raise ValueError(f"--dataset_info={dataset_info}: no such file")
-  if not tf.io.gfile.glob(eval_tfrecord):
-    raise ValueError(f"--eval_tfrecord={eval_tfrecord}: matches no file")
+    raise cli.UserError(f"--dataset_info={dataset_info}: no such file")
   # Training-only configurables (optimizer, loss, trainer) may be absent: skip them.
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
-                                      skip_unknown=True, finalize_config=False)
+  cli.parse_gin(gin_files, gin_bindings, skip_unknown=True, finalize_config=False)
   info = DatasetInfo.load(dataset_info)
+  input_pipeline.check_dataset_info(info, dataset_info, eval_tfrecord, "--eval_tfrecord")
+  prefix = resolve_checkpoint(checkpoint)
+  dataset_info_lib.check_agrees(info, dataset_info,
+                                os.path.join(os.path.dirname(prefix), "dataset_info.json"),
+                                f"the checkpoint {prefix} was made with")
   model = build_model(num_classes=info.num_classes)
-  prefix = restore_model(model, checkpoint)
+  restore_model(model, prefix)
   options = experiment_options()
   kwargs = {"crop_size": options["eval_crop_size"]} if options["eval_crop_size"] else {}
   dataset = build_dataset(eval_tfrecord, info, is_training=False,
@@ -110,7 +112,9 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
                if write_groundtruth else None)
   count = 0
   bar = tqdm(desc="evaluate", unit="img", total=max_examples or None)
-  for features, labels in dataset:
+  batches = input_pipeline.batches_naming_data_errors(
+      dataset, {"--eval_tfrecord": eval_tfrecord}, dataset_info)
+  for features, labels in batches:
     images = features["image"]
     outputs = predict(images)
     padded = tf.shape(images)[1:3]
@@ -146,7 +150,7 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
       break
   bar.close()
   if count == 0:
-    raise ValueError(f"--eval_tfrecord={eval_tfrecord}: no examples")
+    raise cli.UserError(f"--eval_tfrecord={eval_tfrecord}: no examples")
   pred_writer.close()
   if gt_writer is not None:
     gt_writer.close()
@@ -177,4 +181,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

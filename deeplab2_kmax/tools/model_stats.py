@@ -266,10 +266,10 @@ def main(argv):
     print(markdown_table(rows))
     return
   if not FLAGS.gin_file:
-    raise app.UsageError("Pass --gin_file=<config.gin> (or --all).")
+    raise app.UsageError("--gin_file: required (a config.gin, or pass --all)")
   for path in FLAGS.gin_file:
     if not os.path.exists(path):
-      raise app.UsageError(f"--gin_file: no such file {path}")
+      raise app.UsageError(f"--gin_file={path}: no such file")
   stats = stats_for_config(FLAGS.gin_file, FLAGS.gin_bindings, root=FLAGS.root,
                            height=FLAGS.height,
                            width=FLAGS.width, num_classes=FLAGS.num_classes,
@@ -278,5 +278,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from data import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main)
