@@ -101,7 +101,7 @@ def test_cli_with_saved_model(setup, capsys):
     assert overlay.size == (140, 80)
   with pytest.raises(ValueError, match="not both"):
     run_cli(predict, ["--saved_model=x", "--checkpoint=y", "--images=z", "--output_dir=o"])
-  with pytest.raises(ValueError, match="--input_size is fixed at export time"):
+  with pytest.raises(ValueError, match="--input_size: fixed at export time"):
     run_cli(predict, [f"--saved_model={base / 'serving'}", "--input_size=65,65",
                       "--images=z", "--output_dir=o"])
   with pytest.raises(ValueError, match="pass --saved_model"):

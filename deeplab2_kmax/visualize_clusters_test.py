@@ -60,5 +60,5 @@ def test_cli(tmp_path):
 def test_cli_errors(tmp_path):
   with pytest.raises(ValueError, match="--image=.*no such file"):
     run_cli(visualize_clusters, [f"--image={tmp_path / 'x.jpg'}", "--output=o.png"])
-  with pytest.raises(ValueError, match="--dataset_info is required"):
+  with pytest.raises(ValueError, match="--dataset_info: required"):
     visualize_clusters.default_dataset_info(str(tmp_path / "ckpt-1"))
