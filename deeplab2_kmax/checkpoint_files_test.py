@@ -1,0 +1,68 @@
+"""checkpoint_files: the ckpt-N files decide, damaged ones are named, a mismatch is one
+line without TensorFlow's warning per unrestored value (evaluate.py printed ~860)."""
+import gc
+import logging
+
+import keras
+import pytest
+import tensorflow as tf
+
+from deeplab2_kmax import checkpoint_files
+from deeplab2_kmax import inference
+
+
+def _model(width):
+  model = keras.Sequential([keras.layers.Conv2D(width, 3), keras.layers.Conv2D(2, 1)])
+  model(tf.zeros([1, 8, 8, 3]))
+  return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """ckpt-2/4/10 of a model + optimizer, written as the trainer does."""
+  folder = tmp_path_factory.mktemp("m")
+  model = _model(4)
+  optimizer = keras.optimizers.Adam()
+  optimizer.build(model.trainable_variables)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer),
+                                       str(folder), 5, checkpoint_name="ckpt")
+  for step in (2, 4, 10):
+    manager.save(checkpoint_number=step)
+  return folder
+
+
+def test_numbered_ignores_the_state_file(model_dir):
+  (model_dir / "checkpoint").rename(model_dir / "checkpoint.moved")
+  try:
+    assert [n for n, _ in checkpoint_files.numbered(str(model_dir))] == [10, 4, 2]
+    assert checkpoint_files.newest_readable(str(model_dir)).endswith("ckpt-10")
+  finally:
+    (model_dir / "checkpoint.moved").rename(model_dir / "checkpoint")
+
+
+def test_damaged_newest_is_named_and_skipped(model_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = shutil.copytree(model_dir, tmp_path / "m")
+  data = folder / "ckpt-10.data-00000-of-00001"
+  data.write_bytes(data.read_bytes()[:50])
+  with pytest.raises(checkpoint_files.CheckpointUnreadableError,
+                     match=rf"^{folder}/ckpt-10: unreadable checkpoint"):
+    checkpoint_files.check_readable(str(folder / "ckpt-10"))
+  warnings = []
+  assert checkpoint_files.newest_readable(str(folder), warnings.append).endswith("ckpt-4")
+  assert len(warnings) == 1 and "ckpt-10: unreadable" in warnings[0]
+  assert inference.resolve_checkpoint(str(folder)).endswith("ckpt-4")
+
+
+def test_mismatch_is_one_line_without_a_warning_per_value(model_dir, caplog):
+  prefix = str(model_dir / "ckpt-10")
+  with caplog.at_level(logging.WARNING):
+    with pytest.raises(checkpoint_files.CheckpointMismatchError,
+                       match=rf"^{prefix}: does not match the model .*shape") as err:
+      checkpoint_files.restore(tf.train.Checkpoint(model=_model(6)), prefix, partial=True)
+    gc.collect()
+  assert "\n" not in str(err.value)
+  assert not [r for r in caplog.records if "could not be found" in r.getMessage()
+              or "unrestored values" in r.getMessage()], len(caplog.records)
+  # the matching model restores (the optimizer's values are not needed)
+  checkpoint_files.restore(tf.train.Checkpoint(model=_model(4)), prefix, partial=True)
