@@ -114,9 +114,11 @@ def _check_agreement(info, info_path: str, files: DataFiles, mode: str,
     if pattern:
       input_pipeline.check_dataset_info(info, info_path, pattern, f"--{kind}_tfrecord")
   copy = os.path.join(model_dir, "dataset_info.json")
-  dataset_info_lib.check_agrees(info, info_path, copy,
-                                f"the checkpoints in --model_dir={model_dir} were made with")
-  if chief and mode in ("train", "train_and_eval") and not tf.io.gfile.exists(copy):
+  if checkpoint_files.numbered(model_dir):  # else the copy describes no checkpoint yet
+    dataset_info_lib.check_agrees(
+        info, info_path, copy, f"the checkpoints in --model_dir={model_dir} were made with")
+  if chief and mode in ("train", "train_and_eval") and not (
+      tf.io.gfile.exists(copy) and checkpoint_files.numbered(model_dir)):
     info.save(copy)
 
 

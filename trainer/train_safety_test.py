@@ -55,8 +55,8 @@ def test_dataset_info_of_other_class_count_than_the_shards(shards, tmp_path):
   _four_classes(shards / "dataset_info.json", tmp_path / "info4.json")
   proc = _train(f"--model_dir={tmp_path / 'm'}", f"--dataset_info={tmp_path / 'info4.json'}",
                 f"--train_tfrecord={shards}/train-*", "--train_steps=2")
-  refusal_line(proc, r"^error: --dataset_info=.*info4\.json: 4 classes, .* but the shards of "
-           r"--train_tfrecord in .* were converted with 6 classes")
+  refusal_line(proc, r"^error: --dataset_info=.*info4\.json: 4 classes, .* but the shards "
+               r"of --train_tfrecord in .* were converted with 6 classes")
   assert not os.path.exists(tmp_path / "m" / "ckpt-2.index")
 
 
@@ -85,10 +85,11 @@ def test_labels_beyond_dataset_info_stop_the_pipeline_naming_the_image(shards, t
 def test_model_dir_trained_with_another_dataset_info(shards, tmp_path):
   (tmp_path / "m").mkdir()
   _four_classes(shards / "dataset_info.json", tmp_path / "m" / "dataset_info.json")
+  (tmp_path / "m" / "ckpt-2.index").write_bytes(b"")  # checked before it is read
   proc = _train(f"--model_dir={tmp_path / 'm'}", f"--dataset_info={shards}/dataset_info.json",
                 f"--eval_tfrecord={shards}/val-*", "--mode=eval")
   refusal_line(proc, r"^error: --dataset_info=.*: 6 classes, .* but the checkpoints in "
-           rf"--model_dir={tmp_path / 'm'} were made with 4 classes")
+               rf"--model_dir={tmp_path / 'm'} were made with 4 classes")
 
 
 @pytest.mark.slow  # two real tiny-model trainings (~70 s on 2 cores)
