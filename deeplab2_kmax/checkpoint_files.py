@@ -12,7 +12,6 @@
   each newer one that does not.
 Used by the trainer (resume), evaluation and the inference CLIs.
 """
-import gc
 import logging
 import os
 import re
@@ -57,14 +56,26 @@ def check_readable(prefix: str) -> None:
         f"{text.splitlines()[0][:200]})") from None
 
 
+class _NoUnrestoredValueWarnings(logging.Filter):
+  """Drops TensorFlow's warning per unrestored value that a failed restore leaves for
+  garbage collection / interpreter exit (hundreds of lines after the one-line error)."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not (message.startswith("Value in checkpoint could not be found")
+                or "being deleted with unrestored values" in message)
+
+
+_QUIET = _NoUnrestoredValueWarnings()
+
+
 def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False):
   """Restores `prefix` into `checkpoint`, every object of `checkpoint` matched (with
-  `partial`, values of the file may stay unused: inference reads only the model). A mismatch raises CheckpointMismatchError naming the
-  first variable at fault; any other failure CheckpointUnreadableError."""
+  `partial`, values of the file may stay unused: inference reads only the model). A
+  mismatch raises CheckpointMismatchError naming the first variable at fault; any other
+  failure CheckpointUnreadableError. After a failure, TensorFlow's warnings about the
+  values it left unrestored are dropped (the error said what went wrong)."""
   problem, error_type = None, CheckpointMismatchError
-  logger = tf.get_logger()
-  level = logger.level
-  logger.setLevel(logging.ERROR)  # no warning per unrestored value on failure
   try:
     # read: no save_counter needed (inference); restore: it is restored too (training)
     status = checkpoint.read(prefix) if partial else checkpoint.restore(prefix)
@@ -78,10 +89,7 @@ def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False)
     text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
     problem = f"unreadable checkpoint ({type(e).__name__}: {text.splitlines()[0][:200]})"
     error_type = CheckpointUnreadableError
-  finally:
-    if problem is not None:
-      gc.collect()  # the failed restore's bookkeeping goes now, while warnings are off
-    logger.setLevel(level)
+  tf.get_logger().addFilter(_QUIET)  # idempotent
   if error_type is CheckpointMismatchError:
     problem = (f"does not match the model built from the gin config and dataset_info "
                f"({problem}); was it trained with another config or dataset?")

@@ -8,7 +8,8 @@ Restarting with the same model_dir restores the newest readable `ckpt-<n>`: the 
 decide, not the `checkpoint` state file (rewritten from them). A newer checkpoint that
 does not read is named in a warning and its files are renamed `*.unreadable`, so that
 nothing is written over them; when none reads, the run refuses to start from scratch
-unless `overwrite`. With rng and iterator restored, a resumed run reproduces the
+unless `overwrite` (a save cut short by a kill, which leaves `<prefix>_temp/`, holds
+nothing and is only set aside). With rng and iterator restored, a resumed run reproduces the
 uninterrupted one exactly (given deterministic ops).
 
 SIGTERM/SIGINT only set a flag (a handler must not run TF ops in the middle of a step);
@@ -104,12 +105,13 @@ class CheckpointState:
       self._write_state_file(prefix, [p for _, p in found if p not in dict(unreadable)])
       logging.info("restored %s (step %d)", prefix, int(self.step.numpy()))
       return prefix
-    if unreadable and not self.overwrite:
+    damaged = [u for u in unreadable if not tf.io.gfile.isdir(u[0] + "_temp")]
+    if damaged and not self.overwrite:  # (a save cut short leaves `<prefix>_temp/`)
       raise UserError(
           f"--model_dir={self.model_dir}: none of its {len(found)} checkpoints can be "
-          f"restored (newest: {unreadable[0][1]}); pass --overwrite to train from scratch "
+          f"restored (newest: {damaged[0][1]}); pass --overwrite to train from scratch "
           "there (their files are kept, renamed *.unreadable)")
-    self._set_aside(unreadable, "training from scratch (--overwrite)")
+    self._set_aside(unreadable, "training from scratch")
     state_file = os.path.join(self.model_dir, "checkpoint")
     if tf.io.gfile.exists(state_file):  # names no existing checkpoint
       tf.io.gfile.rename(state_file, state_file + ".stale", overwrite=True)
@@ -119,7 +121,7 @@ class CheckpointState:
   @staticmethod
   def _set_aside(unreadable, action: str) -> None:
     for prefix, error in unreadable:
-      for path in tf.io.gfile.glob(prefix + ".*"):
+      for path in tf.io.gfile.glob(prefix + ".*") + tf.io.gfile.glob(prefix + "_temp"):
         if not path.endswith(".unreadable"):
           tf.io.gfile.rename(path, path + ".unreadable", overwrite=True)
       logging.warning("%s; its files are renamed *.unreadable, %s", error, action)

@@ -117,6 +117,19 @@ def test_no_readable_checkpoint_is_refused_unless_overwrite(trained, tmp_path):
     assert (model_dir / f"{name}.unreadable").read_bytes() == data
 
 
+def test_save_cut_short_by_a_kill_is_set_aside_not_refused(trained, tmp_path):
+  """Killed while writing its first checkpoint: `ckpt-2_temp/` left, an empty index."""
+  model_dir = tmp_path / "m"
+  (model_dir / "ckpt-2_temp").mkdir(parents=True)
+  (model_dir / "ckpt-2_temp" / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+  (model_dir / "ckpt-2.index").write_bytes(b"")
+  (model_dir / "ckpt-2.data-00000-of-00001").write_bytes(b"partial")
+  _trainer(model_dir).train(testing_utils.make_dataset(), 8)
+  assert (model_dir / "ckpt-2.index.unreadable").read_bytes() == b""
+  assert (model_dir / "ckpt-2_temp.unreadable").is_dir()
+  assert_same_tensors(trained / "ckpt-8", model_dir / "ckpt-8")
+
+
 def test_checkpoint_of_another_model_is_one_clear_refusal(trained, tmp_path):
   model_dir = _copy(trained, tmp_path / "m")
   before = _bytes(model_dir)
