@@ -82,6 +82,13 @@ class ConvNeXtBlock(keras.layers.Layer):
     self.gamma = None
 
   def build(self, input_shape):
+    # The fast depthwise paths in `call` read the kernel directly, so every sub-layer
+    # is built here rather than on its first call.
+    shape = (input_shape[0], None, None, self.dim)
+    self.depthwise_conv.build(shape)
+    self.norm.build(shape)
+    self.pointwise_conv1.build(shape)
+    self.pointwise_conv2.build(shape[:-1] + (4 * self.dim,))
     if self.layer_scale_init_value > 0:
       self.gamma = self.add_weight(
           name="layer_scale", shape=(self.dim,),
