@@ -59,6 +59,14 @@ PAPER_TARGETS = {
     "configs/coco/ablations/maxs_decoders_333.gin": (80, 248),
     "configs/cityscapes/kmax_r50.gin": (None, None),
     "configs/cityscapes/kmax_convnext_large.gin": (None, None),
+    "configs/cityscapes/kmax_maxs.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_tiny.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_small.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_base.gin": (None, None),
+    "configs/ade20k/kmax_r50.gin": (None, None),
+    "configs/ade20k/kmax_r50_res1281.gin": (None, None),
+    "configs/ade20k/kmax_convnext_large.gin": (None, None),
+    "configs/ade20k/kmax_convnext_large_res1281.gin": (None, None),
 }
 
 FLAGS = flags.FLAGS
