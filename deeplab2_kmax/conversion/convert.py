@@ -9,10 +9,12 @@ partial one (see `init_checkpoint.py`).
 """
 
 import dataclasses
+import os
 from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from deeplab2_kmax.conversion import deeplab2_checkpoint
 from deeplab2_kmax.conversion import key_map
@@ -134,6 +136,11 @@ def plan_conversion(model, checkpoint: deeplab2_checkpoint.Deeplab2Checkpoint,
         f"{checkpoint.source}: this checkpoint holds a {held} encoder; the model config "
         f"builds a {ours} encoder")
   if held is None and "encoder" not in deeplab2_checkpoint.model_parts(checkpoint.shapes):
+    if any(k.startswith("model/") for k in checkpoint.shapes):
+      raise deeplab2_checkpoint.CheckpointError(
+          f"{checkpoint.source}: a checkpoint of this project (its variables are under "
+          "model/), not a deeplab2 one: pass it to --checkpoint or --init_checkpoint "
+          "directly")
     raise deeplab2_checkpoint.CheckpointError(
         f"{checkpoint.source}: not a deeplab2 kMaX-DeepLab checkpoint (no encoder "
         f"variables; first keys: {_some(sorted(checkpoint.shapes))})")
@@ -168,3 +175,33 @@ def plan_conversion(model, checkpoint: deeplab2_checkpoint.Deeplab2Checkpoint,
       covered.add(path)
   plan.uncovered = sorted(set(variables) - covered)
   return plan
+
+
+def convert_into(model, checkpoint: deeplab2_checkpoint.Deeplab2Checkpoint,
+                 space: Optional[label_space_lib.LabelSpace]) -> Plan:
+  """Fills every variable of the built `model` from `checkpoint`, or raises
+  CheckpointError naming what does not match (nothing is assigned then)."""
+  plan = plan_conversion(model, checkpoint, space)
+  problems = plan.problems()
+  if problems:
+    raise deeplab2_checkpoint.CheckpointError(
+        f"{checkpoint.source} does not match the model: " + "; ".join(problems))
+  values = checkpoint.read_all()  # every value readable before anything is assigned
+  plan.apply(values)
+  return plan
+
+
+def write_checkpoint(model, output_dir: str, step: int = 0,
+                     overwrite: bool = False) -> str:
+  """Saves `tf.train.Checkpoint(model=model)` as `output_dir/ckpt-<step>` (with the
+  `checkpoint` state file), the layout every `--checkpoint` flag reads. Refuses a
+  folder that already holds checkpoints unless `overwrite`."""
+  if not overwrite and os.path.isdir(output_dir) and (
+      tf.train.latest_checkpoint(output_dir) or
+      tf.io.gfile.glob(os.path.join(output_dir, "ckpt-*.index"))):
+    raise deeplab2_checkpoint.CheckpointError(
+        f"--output_dir={output_dir}: already holds checkpoints; choose an empty folder "
+        "or pass --overwrite")
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), output_dir,
+                                       max_to_keep=1, checkpoint_name="ckpt")
+  return manager.save(checkpoint_number=int(step))
