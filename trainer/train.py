@@ -12,12 +12,16 @@ r"""Trains and/or evaluates kMaX-DeepLab from gin configs.
 * Strategy: default (one device), MirroredStrategy over all local GPUs (or
   --num_gpus), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
   TPUStrategy with --tpu. The gin-bound batch size is the global batch.
+* --init_checkpoint starts a new run from a deeplab2 checkpoint (full model or ImageNet
+  backbone) or one of ours; class heads of another class count are re-initialized and
+  a table of restored / new / skipped variables is printed.
 * Restarting with the same --model_dir resumes; SIGTERM/SIGINT save a checkpoint and exit
   with 128 + the signal number; a NaN/Inf loss stops with exit status 3.
 * TensorBoard: `tensorboard --logdir DIR` (train/ and eval/); eval metrics also in
   DIR/eval/metrics.json.
 """
 
+import json
 import os
 import sys
 
@@ -49,6 +53,10 @@ def define_flags():
                     "bf16 (AVX512-BF16/AMX) when not --jit_compile; else float32.")
   flags.DEFINE_integer("seed", None, "Seed of model init and data order/augmentation.")
   flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+  flags.DEFINE_string("init_checkpoint", None,
+                      "Initial weights of a run starting from scratch: a deeplab2 "
+                      "checkpoint (full model or ImageNet backbone; prefix, folder or "
+                      ".tar.gz) or one of ours (overrides Trainer.init_checkpoint).")
   flags.mark_flag_as_required("model_dir")
 
 
@@ -64,7 +72,10 @@ def main(argv):
   for path in FLAGS.gin_file:
     if not os.path.exists(path):
       raise app.UsageError(f"--gin_file={path}: no such file")
-  gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
+  bindings = list(FLAGS.gin_bindings)
+  if FLAGS.init_checkpoint:
+    bindings.append(f"Trainer.init_checkpoint = {json.dumps(FLAGS.init_checkpoint)}")
+  gin.parse_config_files_and_bindings(FLAGS.gin_file, bindings)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = distribution.get_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)

@@ -106,7 +106,9 @@ def _first_line(error: Exception) -> str:
   return text[0][:300] if text else type(error).__name__
 
 
-def _prefix_in_folder(folder: str, source: str) -> str:
+def prefix_in_folder(folder: str, source: str) -> str:
+  """The checkpoint prefix in `folder`: the state file's latest, else the newest
+  `*.index` (here or one level down)."""
   latest = tf.train.latest_checkpoint(folder)
   if latest and tf.io.gfile.exists(latest + ".index"):
     return latest
@@ -151,12 +153,12 @@ def open_checkpoint(path: str) -> Deeplab2Checkpoint:
     tmpdir = tempfile.mkdtemp(prefix="deeplab2_ckpt_")
     try:
       _extract(path, tmpdir)
-      return Deeplab2Checkpoint(_prefix_in_folder(tmpdir, path), path, tmpdir)
+      return Deeplab2Checkpoint(prefix_in_folder(tmpdir, path), path, tmpdir)
     except BaseException:
       shutil.rmtree(tmpdir, ignore_errors=True)
       raise
   if os.path.isdir(path):
-    return Deeplab2Checkpoint(_prefix_in_folder(path, path), path)
+    return Deeplab2Checkpoint(prefix_in_folder(path, path), path)
   if path.endswith(".index"):
     path = path[:-len(".index")]
   if not tf.io.gfile.exists(path + ".index"):

@@ -231,3 +231,20 @@ def test_missing_or_foreign_input_is_one_line(tmp_path):
   with pytest.raises(deeplab2_checkpoint.CheckpointError,
                      match="not a readable TensorFlow checkpoint"):
     deeplab2_checkpoint.open_checkpoint(str(junk))
+
+
+def test_bare_convnext_imagenet_keys_fill_the_backbone():
+  """deeplab2 loads its ConvNeXt ImageNet weights with Keras `load_weights` on the bare
+  encoder: the same keys without `encoder/`."""
+  _parse("configs/coco/kmax_convnext_tiny.gin")
+  model = model_lib.build_model(num_classes=133)
+  convert.build_variables(model)
+  gin.clear_config()
+  manifest = fill_rule_checkpoint.load_manifest(
+      os.path.join(TESTDATA, "convnext_tiny_coco", "manifest.json.gz"))
+  bare = {e["key"][len("encoder/"):]: tuple(e["shape"]) for e in manifest
+          if e["key"].startswith("encoder/")}
+  plan = convert.plan_conversion(model, _ShapesOnly(bare), label_space.coco())
+  assert not plan.unmapped and not plan.mismatched
+  backbone = [p for p in convert.our_variables(model) if p.startswith("convnext_tiny/")]
+  assert plan.restored_paths == sorted(backbone) and len(backbone) == len(bare)
