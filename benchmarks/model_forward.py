@@ -8,7 +8,8 @@ Prints one JSON line per (size, mode): the median (and min) wall time of
 `model(x, training=False)` for one random image (batch 1) inside a `tf.function`
 (mode "graph") or `tf.function(jit_compile=True)` (mode "xla"); with --post_process the
 timed function also runs the mask-wise merge (`post_processing.MaskWiseMerger`, COCO
-settings) at the input resolution. Also reported: the MACs of the forward (from
+settings unless the config binds others; mask stride = the model's output_stride) at the
+input resolution. Also reported: the MACs of the forward (from
 `tools/model_stats`), the achieved GFLOP/s = 2·MACs / time, and the GFLOP/s of a large
 float32 matmul measured in the same run (the machine's practical peak), plus the
 deeplab2 reference numbers of `shared/spec/TARGETS.md` and our ratio to them.
@@ -126,8 +127,10 @@ def main(argv):
   if FLAGS.post_process:
     from deeplab2_kmax import post_processing  # pylint: disable=g-import-not-at-top
     merger = post_processing.MaskWiseMerger(
-        thing_train_ids=list(range(COCO_NUM_THING_CLASSES)), label_divisor=256,
-        ignore_label=255)
+        thing_train_ids=list(range(min(COCO_NUM_THING_CLASSES, FLAGS.num_classes))),
+        # COCO's divisor; Cityscapes' where 256 queries need instance ids up to 256.
+        label_divisor=256 if model.num_queries < 256 else 1000, ignore_label=255,
+        mask_stride=model.output_stride)
   for size in [int(s) for s in FLAGS.sizes]:
     graph_median = None
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)

@@ -100,12 +100,27 @@ def mask_stride(padded_size, mask_logits):
   return (padded_size - 1) // tf.maximum(grid - 1, 1)
 
 
+def check_merger_stride(model, merger) -> None:
+  """Raises ValueError unless the merger's mask_stride is the model's output_stride
+  (checked where both are known: a KMaXDeepLab and a MaskWiseMerger)."""
+  model_stride = getattr(model, "output_stride", None)
+  merger_stride = getattr(merger, "mask_stride", None)
+  if model_stride is not None and merger_stride is not None and (
+      int(model_stride) != int(merger_stride)):
+    raise ValueError(
+        f"the merger's mask_stride={merger_stride} differs from the model's "
+        f"output_stride={model_stride} (the stride of its mask logits): build the merger "
+        "with MaskWiseMerger(..., mask_stride=model.output_stride)")
+
+
 class PanopticPredictor(tf.Module):
   """Runs model + merger on one uint8 image and returns maps at the image's size.
 
   Args:
     model: a built `KMaXDeepLab` (or any keras model with the DESIGN.md outputs).
-    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`).
+    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`)
+      whose mask_stride is the model's output_stride (checked here, and against the
+      stride read from the shapes at run time).
     label_divisor, ignore_label: from dataset_info.json (pad value of batched maps).
     input_size: optional (H, W), see the module docstring.
   """
@@ -113,6 +128,7 @@ class PanopticPredictor(tf.Module):
   def __init__(self, model, merger, label_divisor: int, ignore_label: int,
                input_size: Optional[Sequence[int]] = None, name=None):
     super().__init__(name=name)
+    check_merger_stride(model, merger)
     self.model = model
     self.merger = merger
     self.label_divisor = int(label_divisor)
@@ -135,6 +151,14 @@ class PanopticPredictor(tf.Module):
     segment_classes: int32 [N], segment_scores: float32 [N], num_segments: int32 []}."""
     outputs, inner, padded = self.run_model(image)
     stride = mask_stride(padded, outputs["mask_logits"])
+    merger_stride = getattr(self.merger, "mask_stride", None)
+    if merger_stride is not None:
+      check = tf.debugging.assert_equal(
+          stride, tf.constant(merger_stride, stride.dtype), message=(
+              f"PanopticPredictor: the merger's mask_stride={merger_stride} differs from "
+              "the stride of the model's mask logits (padded size - 1) / (grid - 1)"))
+      with tf.control_dependencies([check]):
+        stride = tf.identity(stride)
     grid = covering_grid(inner, stride)
     cropped = {"class_logits": outputs["class_logits"],
                "mask_logits": outputs["mask_logits"][:, :grid[0], :grid[1], :]}
@@ -286,6 +310,7 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   model = build_model(num_classes=info.num_classes)
   restore_model(model, checkpoint)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
-                          label_divisor=info.label_divisor, ignore_label=info.ignore_label)
+                          label_divisor=info.label_divisor, ignore_label=info.ignore_label,
+                          mask_stride=model.output_stride)
   return PanopticPredictor(model, merger, info.label_divisor, info.ignore_label,
                            input_size=input_size)

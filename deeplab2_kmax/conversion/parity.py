@@ -21,6 +21,7 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
+from deeplab2_kmax import inference
 from deeplab2_kmax.conversion import label_space as label_space_lib
 
 RELATIVE_TOLERANCE = 1e-3   # of the reference's largest magnitude
@@ -35,7 +36,14 @@ def _np(x):
 def deeplab2_outputs(model, merger, space: label_space_lib.LabelSpace, image: np.ndarray,
                      label_divisor: int, ignore_label: int,
                      no_area_limit_merger=None) -> Dict[str, np.ndarray]:
-  """deeplab2-named outputs of `model` + `merger` for `image` (float32 [1, H, W, 3])."""
+  """deeplab2-named outputs of `model` + `merger` for `image` (float32 [1, H, W, 3]).
+
+  The mergers (`MaskWiseMerger`) must be built with mask_stride=model.output_stride
+  (2 for the Cityscapes R50 / MaX-S models): checked, ValueError otherwise.
+  """
+  for merge in (merger, no_area_limit_merger):
+    if merge is not None:
+      inference.check_merger_stride(model, merge)
   image = np.asarray(image, np.float32)
   outputs = model(image, training=False)
   result = {}
