@@ -111,11 +111,13 @@ def build(info: DatasetInfo):
   return model
 
 
-def mergers(info: DatasetInfo):
-  """The config's mask-wise merge, and the same without area limits."""
+def mergers(info: DatasetInfo, mask_stride: int):
+  """The config's mask-wise merge, and the same without area limits, for mask logits
+  of stride `mask_stride` (the model's output_stride)."""
   merger = post_processing.MaskWiseMerger(thing_train_ids=info.thing_train_ids,
                                           label_divisor=info.label_divisor,
-                                          ignore_label=info.ignore_label)
+                                          ignore_label=info.ignore_label,
+                                          mask_stride=mask_stride)
   config = dict(merger.get_config(), thing_area_limit=0, stuff_area_limit=0)
   return merger, post_processing.MaskWiseMerger(**config)
 
@@ -124,7 +126,7 @@ def run_outputs(prefix: str, info: DatasetInfo, space, image) -> dict:
   """deeplab2-named outputs of the written checkpoint, restored as every CLI does."""
   model = model_lib.build_model(num_classes=info.num_classes)
   inference.restore_model(model, prefix)
-  merger, no_limit = mergers(info)
+  merger, no_limit = mergers(info, model.output_stride)
   return parity.deeplab2_outputs(model, merger, space, image, info.label_divisor,
                                  info.ignore_label, no_limit)
 
