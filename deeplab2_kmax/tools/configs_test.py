@@ -5,6 +5,7 @@ settings."""
 import glob
 import inspect
 import os
+import re
 
 import gin
 import numpy as np
@@ -177,6 +178,7 @@ def test_recipes_parse_with_the_trainer_configurables(dataset, steps, lr, batch,
   from data import input_pipeline
   from deeplab2_kmax.losses import kmax_loss
   from trainer import optimizer
+  from trainer import train_lib
   model_config = f"configs/{dataset}/kmax_r50.gin"
   _parse(model_config, f"configs/{dataset}/recipe.gin")
   opt = gin.get_bindings("build_optimizer")
@@ -250,3 +252,38 @@ def test_output_stride_and_class_count_of_added_configs(path, stride):
   assert model.output_stride == stride
   assert tuple(out["mask_logits"].shape) == (1, 64 // stride + 1, 64 // stride + 1, 8)
   assert tuple(out["class_logits"].shape) == (1, 8, bound["num_classes"] + 1)
+
+
+IMAGENET = {"resnet50": "resnet50_imagenet1k", "axial_resnet50": "maxs_gelu_imagenet_22k_1k_224",
+            **{f"convnext_{s}": f"convnext_{s}_imagenet_22k_1k_384"
+               for s in ("tiny", "small", "base", "large")}}
+RECIPES = {"coco": "configs/coco/recipe.gin", "cityscapes": "configs/cityscapes/recipe.gin",
+           "ade20k": "configs/ade20k/recipe.gin"}
+
+
+@pytest.mark.parametrize("path", [p for p in MODEL_CONFIGS if "/ablations/" not in p])
+def test_recipe_names_the_imagenet_checkpoint_of_the_backbone(path):
+  """Each model config names the ImageNet backbone the paper's recipe starts from, and
+  its dataset's recipe binds Trainer.init_checkpoint to it (None until a user points
+  it at the download)."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from data import input_pipeline
+  from deeplab2_kmax.losses import kmax_loss
+  from trainer import optimizer
+  from trainer import train_lib
+  bound = _parse(path, RECIPES[path.split("/")[1]])
+  text = _text_with_includes(path)
+  assert IMAGENET[backbones.canonical_name(bound["backbone"])] + ".tar.gz" in text
+  assert str(gin.query_parameter("Trainer.init_checkpoint")) == "%IMAGENET_CHECKPOINT"
+  assert gin.query_parameter("%IMAGENET_CHECKPOINT") is None
+  _parse(path, RECIPES[path.split("/")[1]],
+         bindings=['IMAGENET_CHECKPOINT = "/data/backbone.tar.gz"'])
+  assert gin.query_parameter("%IMAGENET_CHECKPOINT") == "/data/backbone.tar.gz"
+
+
+def _text_with_includes(path):
+  with open(os.path.join(ROOT, path)) as f:
+    text = f.read()
+  for included in re.findall(r"^include '([^']+)'", text, re.M):
+    text += _text_with_includes(included)
+  return text
