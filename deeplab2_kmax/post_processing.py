@@ -1,4 +1,4 @@
-"""Vectorized mask-wise merging (KMAX.md §4; deeplab2 `post_processor/max_deeplab.py`).
+"""Vectorized mask-wise merging (docs/PAPER.md §4; deeplab2's max_deeplab post-processor).
 
 deeplab2 pastes the N binary masks onto a canvas one by one (a loop doing O(H·W) work per
 mask). We compute exactly the same result with O(H·W) work done once:

@@ -1,7 +1,7 @@
 """Normalization factory: batch norm (optionally synchronized) with deeplab2 defaults.
 
 kMaX-DeepLab uses synchronized batch norm with momentum 0.99 and epsilon 1e-3 everywhere
-(KMAX.md "Details from deeplab2"). Layers take a `norm_config` dict (serializable, gin
+(docs/PAPER.md §1). Layers take a `norm_config` dict (serializable, gin
 bindable) and call `batch_norm(norm_config, ...)` to build their norm layers.
 """
 
