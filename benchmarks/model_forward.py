@@ -11,8 +11,9 @@ timed function also runs the mask-wise merge (`post_processing.MaskWiseMerger`, 
 settings unless the config binds others; mask stride = the model's output_stride) at the
 input resolution. Also reported: the MACs of the forward (from
 `tools/model_stats`), the achieved GFLOP/s = 2·MACs / time, and the GFLOP/s of a large
-float32 matmul measured in the same run (the machine's practical peak), plus the
-deeplab2 reference numbers of `shared/spec/TARGETS.md` and our ratio to them.
+float32 matmul measured in the same run (the machine's practical peak), plus
+deeplab2's own times for the same work (measured beside ours, see DEEPLAB2_SECONDS) and
+our ratio to them; compare ratios only on that machine kind.
 A first line {"bench": "matmul", ...} gives the matmul reference itself.
 """
 
@@ -48,11 +49,13 @@ flags.DEFINE_string("dtype_policy", "float32",
                     "Keras dtype policy of the model (build_model.dtype_policy): "
                     "float32, or mixed_bfloat16 (oneDNN bf16 kernels; graph mode only).")
 
-# deeplab2 (TF 2.15.1, random weights, 2-core Zen 5) — shared/spec/TARGETS.md.
+# deeplab2 (commit 64bc1c1, TF 2.15.1, R50 COCO config, random weights, float32, batch
+# 1), run beside this project on 2026-12-06 on a 2-vCPU Xeon, quiet, medians of 7
+# (graph forward; forward + its full mask-wise merge; XLA forward).
 DEEPLAB2_SECONDS = {
-    ("graph", False, 641): 0.742, ("graph", True, 641): 1.155,
-    ("graph", False, 1281): 2.965, ("graph", True, 1281): 4.530,
-    ("xla", False, 641): 2.11, ("xla", False, 1281): 7.90,
+    ("graph", False, 641): 1.338, ("graph", True, 641): 2.410,
+    ("graph", False, 1281): 4.805, ("graph", True, 1281): 7.738,
+    ("xla", False, 641): 3.298, ("xla", False, 1281): 14.65,
 }
 # Targets for ours / deeplab2 (XLA: no slower than our own graph mode).
 TARGET_RATIO = {("graph", False): 0.85, ("graph", True): 0.6}
