@@ -8,10 +8,12 @@ Prints one JSON line per (size, mode): the median (and min) wall time of
 `model(x, training=False)` for one random image (batch 1) inside a `tf.function`
 (mode "graph") or `tf.function(jit_compile=True)` (mode "xla"); with --post_process the
 timed function also runs the mask-wise merge (`post_processing.MaskWiseMerger`, COCO
-settings) at the input resolution. Also reported: the MACs of the forward (from
+settings unless the config binds others; mask stride = the model's output_stride) at the
+input resolution. Also reported: the MACs of the forward (from
 `tools/model_stats`), the achieved GFLOP/s = 2·MACs / time, and the GFLOP/s of a large
-float32 matmul measured in the same run (the machine's practical peak), plus the
-deeplab2 reference numbers of `shared/spec/TARGETS.md` and our ratio to them.
+float32 matmul measured in the same run (the machine's practical peak), plus
+deeplab2's own times for the same work (measured beside ours, see DEEPLAB2_SECONDS) and
+our ratio to them; compare ratios only on that machine kind.
 A first line {"bench": "matmul", ...} gives the matmul reference itself.
 """
 
@@ -47,11 +49,13 @@ flags.DEFINE_string("dtype_policy", "float32",
                     "Keras dtype policy of the model (build_model.dtype_policy): "
                     "float32, or mixed_bfloat16 (oneDNN bf16 kernels; graph mode only).")
 
-# deeplab2 (TF 2.15.1, random weights, 2-core Zen 5) — shared/spec/TARGETS.md.
+# deeplab2 (commit 64bc1c1, TF 2.15.1, R50 COCO config, random weights, float32, batch
+# 1), run beside this project on 2026-12-06 on a 2-vCPU Xeon, quiet, medians of 7
+# (graph forward; forward + its full mask-wise merge; XLA forward).
 DEEPLAB2_SECONDS = {
-    ("graph", False, 641): 0.742, ("graph", True, 641): 1.155,
-    ("graph", False, 1281): 2.965, ("graph", True, 1281): 4.530,
-    ("xla", False, 641): 2.11, ("xla", False, 1281): 7.90,
+    ("graph", False, 641): 1.338, ("graph", True, 641): 2.410,
+    ("graph", False, 1281): 4.805, ("graph", True, 1281): 7.738,
+    ("xla", False, 641): 3.298, ("xla", False, 1281): 14.65,
 }
 # Targets for ours / deeplab2 (XLA: no slower than our own graph mode).
 TARGET_RATIO = {("graph", False): 0.85, ("graph", True): 0.6}
@@ -126,8 +130,10 @@ def main(argv):
   if FLAGS.post_process:
     from deeplab2_kmax import post_processing  # pylint: disable=g-import-not-at-top
     merger = post_processing.MaskWiseMerger(
-        thing_train_ids=list(range(COCO_NUM_THING_CLASSES)), label_divisor=256,
-        ignore_label=255)
+        thing_train_ids=list(range(min(COCO_NUM_THING_CLASSES, FLAGS.num_classes))),
+        # COCO's divisor; Cityscapes' where 256 queries need instance ids up to 256.
+        label_divisor=256 if model.num_queries < 256 else 1000, ignore_label=255,
+        mask_stride=model.output_stride)
   for size in [int(s) for s in FLAGS.sizes]:
     graph_median = None
     spec = tf.TensorSpec((1, size, size, 3), tf.float32)

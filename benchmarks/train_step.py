@@ -11,9 +11,9 @@ fixed synthetic batch (random image, ~20 random rectangles as segments), and the
 process's peak resident memory. The first `warmup` calls (tracing, compilation) are not
 timed. `--dtype_policy` (a comma list) measures each case under each Keras dtype policy,
 set globally as `trainer/train.py --mixed_precision` does (mixed_bfloat16 on CPU: bf16
-compute, float32 variables, the pixel-contrastive similarity matmuls in bf16). The
-reference line carries deeplab2's numbers measured on this machine kind
-(shared/spec/TARGETS.md), since deeplab2 itself needs TF 2.15 and cannot run here.
+compute, float32 variables, the pixel-contrastive similarity matmuls in bf16). Each
+line also carries deeplab2's numbers for the same step (DEEPLAB2: its own Trainer, loss
+and optimizer at crop 513, run beside this project on the machine kind named there).
 `--profile=N` traces one more step with the TensorFlow profiler and adds the N op
 types with the most op time (seconds, summed over the step's ops; with two cores
 ops overlap, so the sum exceeds the wall time) as "top_ops" to each line.
@@ -31,8 +31,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# deeplab2 at 64bc1c1 on TF 2.15.1, same machine kind (TARGETS.md): seconds, GiB.
-DEEPLAB2 = {1: (2.90, 6.8), 2: (6.05, 9.9)}
+# deeplab2 (commit 64bc1c1, TF 2.15.1) train step at crop 513, float32, no XLA, run
+# beside this project on 2026-12-06 on a 2-vCPU Xeon: seconds (median), peak GiB.
+DEEPLAB2 = {1: (5.03, 7.1), 2: (9.65, 10.2)}
 
 
 def fake_batch(batch: int, crop: int, num_classes: int = 133, seed: int = 0):

@@ -10,6 +10,8 @@ Stable API (others import it):
   info.num_classes                 number of real classes C (train ids 0..C-1)
   info.thing_train_ids             sorted list of train ids with isthing == 1
   info.stuff_train_ids             sorted list of train ids with isthing == 0
+  info.things_then_stuff_train_ids thing train ids then stuff train ids (deeplab2's
+                                   transformer class-head channel order, void last)
   info.is_thing                    list[bool] of length C, indexed by train id
   info.train_id_to_category_id     dict train id -> original category id
   info.category_id_to_train_id     dict original category id -> train id
@@ -87,6 +89,18 @@ class DatasetInfo:
   @property
   def stuff_train_ids(self) -> list[int]:
     return [c.train_id for c in self.categories if not c.isthing]
+
+  @property
+  def things_then_stuff_train_ids(self) -> list[int]:
+    """Train id of each of deeplab2's transformer class-head channels, void excluded.
+
+    deeplab2 orders those channels as its thing classes, then its stuff classes, each in
+    ascending class id; its class ids increase with our train ids (COCO, ADE20K: train
+    id + 1; Cityscapes: equal), so channel j is this list's train id j. A converted
+    checkpoint takes our class logit of train id t from deeplab2's channel
+    `things_then_stuff_train_ids.index(t)` (void stays the last channel).
+    """
+    return self.thing_train_ids + self.stuff_train_ids
 
   @property
   def is_thing(self) -> list[bool]:

@@ -16,6 +16,7 @@ def test_train_ids_follow_the_category_id_order():
   assert info.train_id_to_category_id == {0: 3, 1: 17, 2: 40}
   assert info.category_id_to_train_id == {3: 0, 17: 1, 40: 2}
   assert info.thing_train_ids == [0, 1] and info.stuff_train_ids == [2]
+  assert info.things_then_stuff_train_ids == [0, 1, 2]
   assert info.is_thing == [True, True, False]
   assert info.names == ["car", "cat", "wall"]
   assert info.colors[0] == [1, 2, 3] and len(set(map(tuple, info.colors))) == 3
@@ -45,3 +46,10 @@ def test_bad_info_is_rejected(tmp_path):
     DatasetInfo.load(str(bad))
   with pytest.raises(ValueError, match="cannot read dataset info"):
     DatasetInfo.load(str(tmp_path / "missing.json"))
+
+
+def test_things_then_stuff_order_of_interleaved_classes():
+  # Cityscapes-like: stuff train ids 0-1 and 4, things 2-3 -> channels [2, 3, 0, 1, 4].
+  cats = [{"id": i, "name": str(i), "isthing": int(i in (2, 3))} for i in range(5)]
+  info = DatasetInfo.from_coco_categories("x", cats, 1000, 255)
+  assert info.things_then_stuff_train_ids == [2, 3, 0, 1, 4]

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
-from deeplab2_kmax.layers import bn_folding
+from deeplab2_kmax.kernels import bn_folding
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 
@@ -75,13 +75,10 @@ class PixelHead(keras.layers.Layer):
 
   def call(self, x, training=False):
     x = self.conv(x, training=training)
-    affine = bn_folding.folded_affine(self.bn, training, x.dtype)
-    if affine is None:
-      return l2_normalize(self.bn(self.projection(x), training=training))
-    # Inference: BN folded into the projection's kernel and bias.
-    kernel = ops.cast(self.projection.kernel, x.dtype) * affine[0]
-    bias = ops.cast(self.projection.bias, x.dtype) * affine[0] + affine[1]
-    return l2_normalize(self.projection.convolution_op(x, kernel) + bias)
+    y = bn_folding.linear_bn(self.projection, self.bn, x, training)  # folded inference
+    if y is None:
+      y = self.bn(self.projection(x), training=training)
+    return l2_normalize(y)
 
   def get_config(self):
     config = super().get_config()
@@ -142,15 +139,12 @@ class PredictionHead(keras.layers.Layer):
   def call(self, pixel_features, class_features, mask_features, training=False):
     pixel_embeddings = self.pixel_head(pixel_features, training=training)
     mask_embeddings = self.mask_head(mask_features, training=training)
-    affine = bn_folding.folded_affine(self.mask_logits_bn, training,
-                                      mask_embeddings.dtype)
-    if affine is None:
+    mask_logits = bn_folding.scaled_mask_logits(  # folded at inference
+        self.mask_logits_bn, pixel_embeddings, mask_embeddings, training)
+    if mask_logits is None:
       mask_logits = ops.einsum("bhwd,bnd->bhwn", pixel_embeddings, mask_embeddings)
       mask_logits = self.mask_logits_bn(mask_logits[..., None],
                                         training=training)[..., 0]
-    else:  # inference: the BN's single scale into the mask embeddings
-      mask_logits = ops.einsum("bhwd,bnd->bhwn", pixel_embeddings,
-                               mask_embeddings * affine[0]) + affine[1]
     class_logits = self.class_head(class_features)
     class_logits = class_logits + ops.convert_to_tensor(self._void_bias,
                                                         class_logits.dtype)

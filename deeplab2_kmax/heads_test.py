@@ -40,5 +40,5 @@ def test_full_size_parameter_count():
        rng.normal(size=(1, 4, 256)).astype("float32"),
        rng.normal(size=(1, 4, 256)).astype("float32"))
   count = test_utils.count_params(head)
-  assert abs(count - 0.17e6) / 0.17e6 < 0.03  # KMAX.md: final heads 0.17M
+  assert abs(count - 0.17e6) / 0.17e6 < 0.03  # docs/PAPER.md §5: final heads 0.17M
   assert count == 173576

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from data import preprocessing
 from data.cli import UserError
-from deeplab2_kmax.input_checks import guarded, header_size
+from deeplab2_kmax.input_checks import guarded, inspect_encoded
 
 PAD_VALUE = preprocessing.IMAGE_PAD_VALUE  # 127.5: 0 after the model's x / 127.5 - 1
 OUTPUT_STRIDE = 32
@@ -107,12 +107,27 @@ def mask_stride(padded_size, mask_logits):
   return (padded_size - 1) // tf.maximum(grid - 1, 1)
 
 
+def check_merger_stride(model, merger) -> None:
+  """Raises ValueError unless the merger's mask_stride is the model's output_stride
+  (checked where both are known: a KMaXDeepLab and a MaskWiseMerger)."""
+  model_stride = getattr(model, "output_stride", None)
+  merger_stride = getattr(merger, "mask_stride", None)
+  if model_stride is not None and merger_stride is not None and (
+      int(model_stride) != int(merger_stride)):
+    raise ValueError(
+        f"the merger's mask_stride={merger_stride} differs from the model's "
+        f"output_stride={model_stride} (the stride of its mask logits): build the merger "
+        "with MaskWiseMerger(..., mask_stride=model.output_stride)")
+
+
 class PanopticPredictor(tf.Module):
   """Runs model + merger on one uint8 image and returns maps at the image's size.
 
   Args:
     model: a built `KMaXDeepLab` (or any keras model with the DESIGN.md outputs).
-    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`).
+    merger: a `MaskWiseMerger` (called as `merger(outputs, output_size, original_size)`)
+      whose mask_stride is the model's output_stride (checked here, and against the
+      stride read from the shapes at run time).
     label_divisor, ignore_label: from dataset_info.json (pad value of batched maps).
     input_size: optional (H, W), see the module docstring.
     max_image_pixels: batched inputs with more pixels per image are refused (0: any).
@@ -122,6 +137,7 @@ class PanopticPredictor(tf.Module):
                input_size: Optional[Sequence[int]] = None,
                max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, name=None):
     super().__init__(name=name)
+    check_merger_stride(model, merger)
     self.model = model
     self.merger = merger
     self.label_divisor = int(label_divisor)
@@ -147,6 +163,14 @@ class PanopticPredictor(tf.Module):
     segment_classes: int32 [N], segment_scores: float32 [N], num_segments: int32 []}."""
     outputs, inner, padded = self.run_model(image)
     stride = mask_stride(padded, outputs["mask_logits"])
+    merger_stride = getattr(self.merger, "mask_stride", None)
+    if merger_stride is not None:
+      check = tf.debugging.assert_equal(
+          stride, tf.constant(merger_stride, stride.dtype), message=(
+              f"PanopticPredictor: the merger's mask_stride={merger_stride} differs from "
+              "the stride of the model's mask logits (padded size - 1) / (grid - 1)"))
+      with tf.control_dependencies([check]):
+        stride = tf.identity(stride)
     grid = covering_grid(inner, stride)
     cropped = {"class_logits": outputs["class_logits"],
                "mask_logits": outputs["mask_logits"][:, :grid[0], :grid[1], :]}
@@ -245,28 +269,6 @@ class PanopticPredictor(tf.Module):
         tf.strings.format("images: expected uint8 [batch, height, width, 3] (RGB), got "
                           "shape {}", shape)), checked, self._refused)
 
-  def _inspect_encoded(self, image_bytes, count):
-    """(decodes [count] bool, sizes [count, 2], above max_image_pixels [count]); the
-    size of a large image comes from its header (not decoded)."""
-    def inspect(i):
-      data = image_bytes[i]
-      header = header_size(data)
-      large = self._too_large(header)
-      size = tf.cond(large, lambda: header,
-                     lambda: tf.shape(decode_image(data), out_type=tf.int64)[:2])
-      return i, size, tf.logical_or(large, self._too_large(size))
-
-    def collect(state, element):
-      index = tf.reshape(element[0], [1, 1])
-      return tuple(tf.tensor_scatter_nd_update(s, index, v[tf.newaxis])
-                   for s, v in zip(state, (tf.constant(True),) + element[1:]))
-
-    # ignore_errors drops the elements that fail to decode: their index stays not ok.
-    return tf.data.Dataset.range(tf.cast(count, tf.int64)).map(
-        inspect).ignore_errors().reduce(
-            (tf.zeros([count], tf.bool), tf.zeros([count, 2], tf.int64),
-             tf.zeros([count], tf.bool)), collect)
-
   @tf.function(input_signature=[tf.TensorSpec(None, tf.string)])
   def predict_encoded(self, image_bytes):
     """JPEG/PNG/BMP/GIF bytes [B] (any sizes) -> maps [B, H_max, W_max] padded with
@@ -278,7 +280,7 @@ class PanopticPredictor(tf.Module):
       count = tf.shape(batch)[0]
       # Sizes first (to pad every map to the largest image), then one image at a time:
       # each image is decoded twice rather than all decoded images held at once.
-      ok, sizes, large = self._inspect_encoded(batch, count)
+      ok, sizes, large = inspect_encoded(batch, count, self._too_large, decode_image)
       sizes = tf.cast(sizes, tf.int32)
       first_bad = lambda: tf.argmax(tf.cast(tf.logical_not(ok), tf.int32),
                                     output_type=tf.int32)
@@ -371,6 +373,7 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   model = build_model(num_classes=info.num_classes)
   restore_model(model, prefix)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
-                          label_divisor=info.label_divisor, ignore_label=info.ignore_label)
+                          label_divisor=info.label_divisor, ignore_label=info.ignore_label,
+                          mask_stride=model.output_stride)
   return PanopticPredictor(model, merger, info.label_divisor, info.ignore_label,
                            input_size=input_size, max_image_pixels=max_image_pixels)

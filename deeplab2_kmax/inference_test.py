@@ -221,3 +221,84 @@ def test_untracked_variables_are_refused(tmp_path):
   inference.restore_model(restored, prefix)
   for a, b in zip(tiny.variables, restored.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# ------------------------------------------------------------- stride-2 (Cityscapes R50)
+REPO = __import__("os").path.dirname(__import__("os").path.dirname(
+    __import__("os").path.abspath(__file__)))
+# configs/cityscapes/kmax_r50.gin shrunk to a tiny CPU model: five pixel-decoder stages,
+# the last fusing the ResNet stem, so mask logits at stride 2. Merge thresholds low
+# enough for an untrained model (also checks that load_predictor's merger reads gin).
+TINY_CITYSCAPES = [
+    'build_model.backbone_kwargs = {"depths": (1, 1, 1, 1), "width_multiplier": 0.125, '
+    '"stem_width_multiplier": 0.25}',
+    "build_model.num_queries = 8", "build_model.pixel_decoder_dims = (16, 8, 8, 8, 8)",
+    "build_model.pixel_decoder_blocks = (1, 1, 1, 1, 1)", "build_model.axial_num_heads = 2",
+    "build_model.decoder_layers = (1, 1, 1)", "build_model.decoder_channels = 32",
+    "build_model.decoder_key_depth = 16", "build_model.decoder_value_depth = 32",
+    "build_model.decoder_num_heads = 2", "build_model.ffn_channels = 64",
+    "build_model.embedding_dim = 16", "build_model.pixel_head_channels = 32",
+    "MaskWiseMerger.thing_threshold = 0.0", "MaskWiseMerger.stuff_threshold = 0.0",
+    "MaskWiseMerger.thing_area_limit = 1", "MaskWiseMerger.stuff_area_limit = 1"]
+
+
+@pytest.mark.slow  # builds and checkpoints a tiny Cityscapes R50 model: ~20 s on 2 cores
+def test_stride2_cityscapes_model_predicts_maps_of_the_image_size(tmp_path):
+  import gin
+  from data.dataset_info import Category, DatasetInfo
+  from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
+  from deeplab2_kmax.model import build_model
+  from deeplab2_kmax.post_processing import MaskWiseMerger
+  info = DatasetInfo("tiny_cityscapes", 1000, IGNORE, [
+      Category(24, 0, "person", 1, (220, 20, 60)), Category(26, 1, "car", 1, (0, 0, 142)),
+      Category(7, 2, "road", 0, (128, 64, 128))])
+  gin_file = str(tmp_path / "tiny.gin")
+  with open(gin_file, "w") as f:
+    f.write(f"include '{REPO}/configs/cityscapes/kmax_r50.gin'\n")
+  with gin.unlock_config():
+    gin.parse_config_files_and_bindings([gin_file], TINY_CITYSCAPES, skip_unknown=True)
+  try:
+    model = build_model(num_classes=3)
+  finally:
+    gin.clear_config()
+  assert model.output_stride == 2
+  model(tf.zeros([1, 65, 65, 3]), training=False)
+  for v in model.variables:  # confident masks, as a trained model's (see export_test)
+    if v.path.endswith("mask_logits_bn/gamma"):
+      v.assign(tf.fill(v.shape, 30.0))
+  prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
+  try:
+    predictor = inference.load_predictor([gin_file], TINY_CITYSCAPES, prefix, info)
+    merger = predictor.merger
+  finally:
+    gin.clear_config()
+  assert merger.mask_stride == 2 and merger.thing_area_limit == 1
+  for size in [(33, 65), (45, 38), (1, 1), (70, 41)]:
+    image = random_image(*size, seed=size[0])
+    pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
+    for key in inference.MAP_KEYS:
+      assert pred[key].shape == size, key
+    x, _ = inference.prepare_image(image)
+    outputs = predictor.model(x, training=False)
+    assert outputs["mask_logits"].shape[1] == (x.shape[1] - 1) // 2 + 1
+    full = merger(outputs, x.shape[1:3], original_size=size)
+    for key in inference.MAP_KEYS + inference.SEGMENT_KEYS + ("num_segments",):
+      np.testing.assert_array_equal(pred[key], full[key][0].numpy(), err_msg=key)
+    if size[0] > 1:
+      assert pred["num_segments"] >= 1
+  resized = inference.PanopticPredictor(model, merger, 1000, IGNORE, input_size=(65, 65))
+  assert resized.predict_image(random_image(130, 90))["panoptic"].shape == (130, 90)
+  # A merger built for stride-4 logits is refused with a clear error.
+  stride4 = MaskWiseMerger(**{**merger.get_config(), "mask_stride": 4})
+  with pytest.raises(ValueError, match="mask_stride=4 differs from the model's output_stride=2"):
+    inference.PanopticPredictor(model, stride4, 1000, IGNORE)
+
+
+def test_stride_check_at_run_time_names_the_merger_stride():
+  """A model without `output_stride` (stride-4 tiny_model) and a stride-2 merger: the
+  shapes tell."""
+  from deeplab2_kmax.post_processing import MaskWiseMerger
+  merger = MaskWiseMerger(**{**permissive_merger().get_config(), "mask_stride": 2})
+  predictor = inference.PanopticPredictor(tiny_model(), merger, D, IGNORE)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="mask_stride=2 differs"):
+    predictor.predict_image(random_image(33, 33))

@@ -1,7 +1,8 @@
 """In-graph checks of serving inputs that name what is wrong (used by inference.py).
 
 `header_size` reads an encoded image's size from its header without decoding it (so a
-size limit protects the decoder too); `guarded` runs a computation only when a check
+size limit protects the decoder too), `inspect_encoded` finds the images of a batch that
+do not decode or are too large without raising; `guarded` runs a computation only when a check
 holds and otherwise raises InvalidArgumentError with a message built only on failure.
 """
 import tensorflow as tf
@@ -43,3 +44,27 @@ def guarded(ok: tf.Tensor, message_fn, fn, refused_fn):
     with tf.control_dependencies([tf.debugging.Assert(ok, [message_fn()])]):
       return tf.nest.map_structure(tf.identity, refused_fn())
   return tf.cond(ok, fn, refuse)
+
+
+def inspect_encoded(image_bytes, count, too_large, decode):
+  """(decodes [count] bool, sizes [count, 2] int64, too large [count] bool) of a batch of
+  encoded images. `too_large(size)` is checked on the header's size first, so a large
+  image is never decoded; `decode(bytes)` gives the decoded size otherwise."""
+  def inspect(i):
+    data = image_bytes[i]
+    header = header_size(data)
+    large = too_large(header)
+    size = tf.cond(large, lambda: header,
+                   lambda: tf.shape(decode(data), out_type=tf.int64)[:2])
+    return i, size, tf.logical_or(large, too_large(size))
+
+  def collect(state, element):
+    index = tf.reshape(element[0], [1, 1])
+    return tuple(tf.tensor_scatter_nd_update(s, index, v[tf.newaxis])
+                 for s, v in zip(state, (tf.constant(True),) + element[1:]))
+
+  # ignore_errors drops the elements that fail to decode: their index stays not ok.
+  return tf.data.Dataset.range(tf.cast(count, tf.int64)).map(
+      inspect).ignore_errors().reduce(
+          (tf.zeros([count], tf.bool), tf.zeros([count, 2], tf.int64),
+           tf.zeros([count], tf.bool)), collect)

@@ -1,25 +1,38 @@
-"""x4 bilinear (align-corners) upsampling of stride-4 mask logits, cell by cell, and the
-exact per-pixel argmax over masks without upsampling every mask.
+"""Bilinear (align-corners) upsampling of stride-s mask logits (s a power of two: 4, or 2
+for the five-stage Cityscapes decoders; 1 is the identity), cell by cell, and the exact
+per-pixel argmax over masks without upsampling every mask.
 
-A cell (i, j) of the stride-4 grid holds the 4x4 pixels 4i..4i+3 x 4j..4j+3; their
-logits are bilinear in the cell's 4 corner logits (align-corners resize of a 4k+1 input).
+A cell (i, j) of the stride-s grid holds the s x s pixels si..si+s-1 x sj..sj+s-1; their
+logits are bilinear in the cell's 4 corner logits (align-corners resize of an sk+1 input).
 
-Arithmetic (why not one [16, 4] matmul): the merge computes the same upsampled logits on
+Arithmetic (why not one [s², 4] matmul): the merge computes the same upsampled logits on
 different subsets (all masks of boundary cells; only the candidate masks of a cell for
 the argmax; everything under XLA) and must reproduce `upsample_mask_logits` bit for bit.
-A matmul whose weights are arbitrary multiples of 1/16 rounds differently with the
+A matmul whose weights are arbitrary multiples of 1/s² rounds differently with the
 kernel (oneDNN picks kernels by shape; XLA may fuse multiply-adds), so we use midpoint
-subdivision instead: the pixel at quarter position 1 is mid(c0, mid(c0, c1)), 2 is
-mid(c0, c1), 3 is mid(mid(c0, c1), c1), rows first, then columns. Each of the 4 stages is
-a matmul whose outputs are either an input (weight 1) or 0.5·x + 0.5·y, every other
-weight 0: the products are exact, so whatever order or fused multiply-add a kernel uses,
-each output is the correctly rounded fl((x + y) / 2) and all call sites agree exactly.
-The results stay within 1e-5 of tf.image.resize(align_corners=True) and, exactly, inside
-[min, max] of the corners, monotone in each corner (used by the argmax bound below).
+subdivision instead: each level halves the spacing of the known positions, the new one
+between known a and b being mid(a, b) (s = 4: quarter position 1 is mid(c0, mid(c0, c1)),
+2 is mid(c0, c1), 3 is mid(mid(c0, c1), c1)), rows first, then columns. Each of the
+2·log2(s) stages is a matmul whose outputs are either an input (weight 1) or
+0.5·x + 0.5·y, every other weight 0: the products are exact, so whatever order or fused
+multiply-add a kernel uses, each output is the correctly rounded fl((x + y) / 2) and all
+call sites agree exactly. The results stay within 1e-5 of
+tf.image.resize(align_corners=True) and, exactly, inside [min, max] of the corners,
+monotone in each corner (used by the argmax bound below).
 """
+
+import functools
 
 import numpy as np
 import tensorflow as tf
+
+
+def check_stride(stride) -> int:
+  """The mask stride as an int; a power of two (1, 2, 4, 8, ...)."""
+  s = int(stride)
+  if s != stride or s < 1 or s & (s - 1):
+    raise ValueError(f"mask stride must be a power of two (1, 2, 4, ...), got {stride}")
+  return s
 
 
 def _stage(rows, num_inputs):
@@ -31,27 +44,54 @@ def _stage(rows, num_inputs):
   return m
 
 
-def _mid(x, y):
-  return [(x, 0.5), (y, 0.5)]
+def _subdivide(lines, num_inputs, stride, line_major):
+  """Midpoint subdivision of `lines` (each {position: input index}, positions 0 and s
+  known, in units of 1/s) -> (stages [(matrix, append)], number of outputs). Levels
+  but the last append their midpoints (line-major or position-major order) to the
+  inputs; the last level outputs positions 0..s-1 of every line (line-major) or every
+  position of every line (position-major)."""
+  stages = []
+  levels = stride.bit_length() - 1
+  lines = [dict(line) for line in lines]
+  for level in range(1, levels):
+    step = stride >> level
+    new = range(step, stride, 2 * step)
+    pairs = ([(li, p) for li in range(len(lines)) for p in new] if line_major
+             else [(li, p) for p in new for li in range(len(lines))])
+    rows = []
+    for li, p in pairs:
+      line = lines[li]
+      rows.append([(line[p - step], 0.5), (line[p + step], 0.5)])
+      line[p] = num_inputs + len(rows) - 1
+    stages.append((_stage(rows, num_inputs), True))
+    num_inputs += len(rows)
+  pairs = ([(li, p) for li in range(len(lines)) for p in range(stride)] if line_major
+           else [(li, p) for p in range(stride) for li in range(len(lines))])
+  rows = []
+  for li, p in pairs:
+    line = lines[li]
+    rows.append([(line[p], 1.0)] if p in line
+                else [(line[p - 1], 0.5), (line[p + 1], 0.5)])
+  stages.append((_stage(rows, num_inputs), False))
+  return stages, len(rows)
 
 
-# Corners 0..3 = top-left, top-right, bottom-left, bottom-right.
-# Stage 1: [c00 c01 c10 c11] -> the horizontal midpoints (top, bottom), appended (6).
-_S1 = _stage([_mid(0, 1), _mid(2, 3)], 4)
-# Stage 2: the 4 pixels of the top and bottom rows of the cell (8).
-_S2 = _stage([[(0, 1.0)], _mid(0, 4), [(4, 1.0)], _mid(4, 1),
-              [(2, 1.0)], _mid(2, 5), [(5, 1.0)], _mid(5, 3)], 6)
-# Stage 3: vertical midpoints (row 2) of the 4 columns, appended (12).
-_S3 = _stage([_mid(b, 4 + b) for b in range(4)], 8)
-# Stage 4: the 16 pixels, row-major: rows 0 (top), 1, 2 (midpoints), 3; bottom = 4..7.
-_S4 = _stage([[(b, 1.0)] for b in range(4)] + [_mid(b, 8 + b) for b in range(4)]
-             + [[(8 + b, 1.0)] for b in range(4)] + [_mid(8 + b, 4 + b) for b in range(4)],
-             12)
+@functools.lru_cache(maxsize=None)
+def cell_stages(stride: int):
+  """The stage matrices of a stride: [(matrix [outputs, inputs], append)]. Corners
+  0..3 = top-left, top-right, bottom-left, bottom-right; rows first (the top and bottom
+  rows' pixels, line-major: [top 0..s-1, bottom 0..s-1]), then every column (the s²
+  pixels, row-major). s = 4 gives the 4 stages [2x4 append, 8x6, 4x8 append, 16x12]."""
+  s = check_stride(stride)
+  rows, num_rows = _subdivide([{0: 0, s: 1}, {0: 2, s: 3}], 4, s, line_major=True)
+  cols, _ = _subdivide([{0: b, s: s + b} for b in range(s)], num_rows, s,
+                       line_major=False)
+  return tuple(rows + cols)
 
 
-def interpolate_cells(corners: tf.Tensor, axis: int = -2) -> tf.Tensor:
-  """Corner logits -> logits of the cells' 4x4 pixels (row-major), along `axis`:
-  [..., 4, N] -> [..., 16, N] (axis=-2) or [Q, 4] -> [Q, 16] (axis=-1)."""
+def interpolate_cells(corners: tf.Tensor, axis: int = -2, stride: int = 4) -> tf.Tensor:
+  """Corner logits -> logits of the cells' s x s pixels (row-major), along `axis`:
+  [..., 4, N] -> [..., s², N] (axis=-2) or [Q, 4] -> [Q, s²] (axis=-1)."""
   if axis not in (-2, -1):
     raise ValueError(f"axis must be -2 or -1, got {axis}")
 
@@ -60,26 +100,28 @@ def interpolate_cells(corners: tf.Tensor, axis: int = -2) -> tf.Tensor:
       return tf.matmul(tf.constant(stage), x)
     return tf.matmul(x, tf.constant(stage), transpose_b=True)
 
-  x = tf.concat([corners, apply(_S1, corners)], axis)
-  rows = apply(_S2, x)
-  return apply(_S4, tf.concat([rows, apply(_S3, rows)], axis))
+  x = corners
+  for stage, append in cell_stages(stride):
+    x = tf.concat([x, apply(stage, x)], axis) if append else apply(stage, x)
+  return x
 
 
 def pad_grid(mask_logits: tf.Tensor) -> tf.Tensor:
-  """Repeats the last grid row and column: cell (i, j) then holds pixels 4i..4i+3 x
-  4j..4j+3 for every i < Hs, j < Ws (the extra pixels past 4(Hs-1) are cropped)."""
+  """Repeats the last grid row and column: cell (i, j) then holds pixels si..si+s-1 x
+  sj..sj+s-1 for every i < Hs, j < Ws (the extra pixels past s(Hs-1) are cropped)."""
   g = tf.concat([mask_logits, mask_logits[:, -1:]], axis=1)
   return tf.concat([g, g[:, :, -1:]], axis=2)
 
 
-def cells_to_pixels(cells: tf.Tensor) -> tf.Tensor:
-  """[B, Hs, Ws, 16, ...] cell layout -> [B, 4 Hs, 4 Ws, ...] pixel layout."""
+def cells_to_pixels(cells: tf.Tensor, stride: int = 4) -> tf.Tensor:
+  """[B, Hs, Ws, s², ...] cell layout -> [B, s Hs, s Ws, ...] pixel layout."""
+  s = check_stride(stride)
   shape = tf.shape(cells)
   rest = shape[4:]
-  x = tf.reshape(cells, tf.concat([shape[:3], [4, 4], rest], 0))
+  x = tf.reshape(cells, tf.concat([shape[:3], [s, s], rest], 0))
   perm = [0, 1, 3, 2, 4] + list(range(5, len(cells.shape) + 1))
   x = tf.transpose(x, perm)
-  return tf.reshape(x, tf.concat([[shape[0], 4 * shape[1], 4 * shape[2]], rest], 0))
+  return tf.reshape(x, tf.concat([[shape[0], s * shape[1], s * shape[2]], rest], 0))
 
 
 def all_cell_corners(grid: tf.Tensor) -> tf.Tensor:
@@ -97,33 +139,39 @@ def gather_cell_corners(grid: tf.Tensor, b, i, j) -> tf.Tensor:
   return tf.gather(rows, top_left[:, None] + offsets[None, :])
 
 
-def upsample_mask_logits(mask_logits: tf.Tensor) -> tf.Tensor:
-  """Bilinear align-corners upsampling of stride-4 logits [B, Hs, Ws, N] to
-  [B, 4(Hs-1)+1, 4(Ws-1)+1, N], with the same arithmetic as every merge path."""
+def upsample_mask_logits(mask_logits: tf.Tensor, stride: int = 4) -> tf.Tensor:
+  """Bilinear align-corners upsampling of stride-s logits [B, Hs, Ws, N] to
+  [B, s(Hs-1)+1, s(Ws-1)+1, N], with the same arithmetic as every merge path."""
+  s = check_stride(stride)
   shape = tf.shape(mask_logits)
-  pixels = cells_to_pixels(interpolate_cells(all_cell_corners(pad_grid(mask_logits))))
-  return pixels[:, :4 * (shape[1] - 1) + 1, :4 * (shape[2] - 1) + 1]
+  pixels = cells_to_pixels(
+      interpolate_cells(all_cell_corners(pad_grid(mask_logits)), stride=s), s)
+  return pixels[:, :s * (shape[1] - 1) + 1, :s * (shape[2] - 1) + 1]
 
 
-def crop_grid(mask_logits, output_size, original_size):
+def crop_grid(mask_logits, output_size, original_size, stride: int = 4):
   """-> (grid points covering the crop, crop height, crop width). output_size (H, W)
-  must be the full upsampled size; original_size (h, w) <= (H, W) or None."""
+  must be the full upsampled size s(Hs-1)+1 x s(Ws-1)+1; original_size (h, w) <= (H, W)
+  or None."""
+  s = check_stride(stride)
   shape = tf.shape(mask_logits)
-  full_h, full_w = 4 * (shape[1] - 1) + 1, 4 * (shape[2] - 1) + 1
+  full_h, full_w = s * (shape[1] - 1) + 1, s * (shape[2] - 1) + 1
   if output_size is not None:
     tf.debugging.assert_equal(
         tf.stack([output_size[0], output_size[1]]), tf.stack([full_h, full_w]),
-        message="MaskWiseMerger: output_size must be 4(Hs-1)+1 x 4(Ws-1)+1 (stride-4 "
-        "mask logits of a 4k+1 input)")
+        message=f"MaskWiseMerger(mask_stride={s}): output_size must be {s}(Hs-1)+1 x "
+        f"{s}(Ws-1)+1 (stride-{s} mask logits of a {s}k+1 input; is mask_stride the "
+        "model's output_stride?)")
   if original_size is None:
     return mask_logits, full_h, full_w
   crop_h = tf.minimum(original_size[0], full_h)
   crop_w = tf.minimum(original_size[1], full_w)
-  return mask_logits[:, :(crop_h + 2) // 4 + 1, :(crop_w + 2) // 4 + 1, :], crop_h, crop_w
+  return (mask_logits[:, :(crop_h + s - 2) // s + 1, :(crop_w + s - 2) // s + 1, :],
+          crop_h, crop_w)
 
 
-def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor) -> tf.Tensor:
-  """Exact argmax over masks of every upsampled pixel, [B, Hs, Ws, 16] int32 (cell
+def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor, stride: int = 4) -> tf.Tensor:
+  """Exact argmax over masks of every upsampled pixel, [B, Hs, Ws, s²] int32 (cell
   layout; the first mask among equal maxima, as tf/np.argmax of upsample_mask_logits).
 
   grid: padded [B, Hs+1, Ws+1, N]; grid_argmax: its argmax [B, Hs+1, Ws+1]. Every
@@ -136,6 +184,7 @@ def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor) -> tf.Tensor:
   with sorted segment ops (5x faster than unsorted ones).
   Flat indices are int32: fine up to ~2^31 grid logits (~160 images of 1281^2).
   """
+  s = check_stride(stride)
   shape = tf.shape(grid)
   batch, h1, w1, n = shape[0], shape[1], shape[2], grid.shape[-1]
   flat = tf.reshape(grid, [-1])
@@ -151,7 +200,7 @@ def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor) -> tf.Tensor:
   cell = (cand[:, 0] * (h1 - 1) + cand[:, 1]) * (w1 - 1) + cand[:, 2]
   first_corner = ((cand[:, 0] * h1 + cand[:, 1]) * w1 + cand[:, 2]) * n + mask
   corners = tf.gather(flat, first_corner[:, None] + corner_offsets[None, :] * n)
-  values = interpolate_cells(corners, axis=-1)  # [Q, 16]
+  values = interpolate_cells(corners, axis=-1, stride=s)  # [Q, s²]
   best = tf.math.segment_max(values, cell)
   first = tf.math.segment_min(
       tf.where(values == tf.gather(best, cell), mask[:, None], n), cell)
@@ -159,4 +208,4 @@ def cell_argmax(grid: tf.Tensor, grid_argmax: tf.Tensor) -> tf.Tensor:
   # non-finite logits from producing a wrong shape or out-of-range indices.
   num_cells = batch * (h1 - 1) * (w1 - 1)
   first = tf.pad(tf.minimum(first, n - 1), [[0, num_cells - tf.shape(first)[0]], [0, 0]])
-  return tf.reshape(first, [batch, h1 - 1, w1 - 1, 16])
+  return tf.reshape(first, [batch, h1 - 1, w1 - 1, s * s])

@@ -101,6 +101,8 @@ class KMaXDeepLab(keras.Model):
       decoder stages from stride 32 ((512, 256, 128, 64), (1, 5, 1, 1),
       axial/axial/bottleneck/bottleneck); five entries add the stride-2 stage.
     axial_num_heads: heads of the pixel decoder's axial attention (8).
+    pixel_decoder_dilation_rate: atrous rate of the pixel decoder's bottleneck 3×3
+      convs (2, as deeplab2; see pixel_decoder).
     decoder_layers: kMaX decoder layers on strides 32/16/8 ((2, 2, 2)).
     interaction: "kmeans_cross_attention" (default), "cross_attention",
       "dual_path_cross_attention", "dual_path_kmeans_cross_attention".
@@ -130,6 +132,7 @@ class KMaXDeepLab(keras.Model):
                pixel_decoder_blocks: Sequence[int] = (1, 5, 1, 1),
                pixel_decoder_block_types: Optional[Sequence[str]] = None,
                axial_num_heads: int = 8,
+               pixel_decoder_dilation_rate: int = 2,
                decoder_layers: Sequence[int] = (2, 2, 2),
                interaction: str = "kmeans_cross_attention",
                decoder_channels: int = 256, decoder_key_depth: int = 128,
@@ -161,6 +164,7 @@ class KMaXDeepLab(keras.Model):
                                    (len(self.pixel_decoder_dims) - 2))
     self.pixel_decoder_block_types = tuple(pixel_decoder_block_types)
     self.axial_num_heads = axial_num_heads
+    self.pixel_decoder_dilation_rate = int(pixel_decoder_dilation_rate)
     self.decoder_layers = tuple(decoder_layers)
     self.interaction = interaction
     self.decoder_channels = decoder_channels
@@ -187,6 +191,7 @@ class KMaXDeepLab(keras.Model):
     self.pixel_decoder = pixel_decoder_lib.KMaXPixelDecoder(
         self.pixel_decoder_dims, self.pixel_decoder_blocks,
         self.pixel_decoder_block_types, num_heads=axial_num_heads,
+        bottleneck_dilation_rate=self.pixel_decoder_dilation_rate,
         activation=activation, norm_config=nc, name="pixel_decoder")
     self.transformer_decoder = transformer_decoder_lib.KMaXTransformerDecoder(
         num_classes, num_queries=num_queries,
@@ -274,6 +279,7 @@ class KMaXDeepLab(keras.Model):
         "pixel_decoder_blocks": self.pixel_decoder_blocks,
         "pixel_decoder_block_types": self.pixel_decoder_block_types,
         "axial_num_heads": self.axial_num_heads,
+        "pixel_decoder_dilation_rate": self.pixel_decoder_dilation_rate,
         "decoder_layers": self.decoder_layers, "interaction": self.interaction,
         "decoder_channels": self.decoder_channels,
         "decoder_key_depth": self.decoder_key_depth,

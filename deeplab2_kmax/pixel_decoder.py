@@ -6,6 +6,9 @@
       → fuse(res2) → stage 3 (1 bottleneck, w=64, out 256)            stride 4
      [→ fuse(stem) → stage 4 (1 bottleneck, w=32, out 128)            stride 2]
 
+The bottlenecks' 3×3 convs are atrous with rate 2, as in deeplab2 (see
+`bottleneck_dilation_rate`).
+
 Every backbone endpoint first goes through a LayerNorm (eps 1e-6). A skip fusion maps
 both the previous stage output and the normalized endpoint to the next width
 `dims[i+1]` (activation → 1×1 conv + BN, skipped when the width already matches),
@@ -137,6 +140,10 @@ class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
     activation: 'gelu'.
     layer_norm_epsilon: epsilon of the endpoint LayerNorms (1e-6).
     drop_path_rate: drop path inside the decoder blocks (deeplab2: 0).
+    bottleneck_dilation_rate: atrous rate of the bottleneck blocks' 3×3 convs. deeplab2
+      builds the decoder stages as ResNet block groups whose nominal input stride (32)
+      exceeds their output stride (16), which makes those convs atrous with rate 2;
+      its released checkpoints were trained so, hence the default 2.
     norm_config: see `normalization.batch_norm`.
   """
 
@@ -146,6 +153,7 @@ class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
                                              "bottleneck"),
                num_heads: int = 8, max_span: int = 255, activation: str = "gelu",
                layer_norm_epsilon: float = 1e-6, drop_path_rate: float = 0.0,
+               bottleneck_dilation_rate: int = 2,
                norm_config: Optional[Mapping[str, Any]] = None, **kwargs):
     super().__init__(**kwargs)
     self.dims = tuple(int(d) for d in dims)
@@ -160,6 +168,7 @@ class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
     self.activation = activation
     self.layer_norm_epsilon = layer_norm_epsilon
     self.drop_path_rate = drop_path_rate
+    self.bottleneck_dilation_rate = int(bottleneck_dilation_rate)
     self.norm_config = normalization.resolve_norm_config(norm_config)
     nc = self.norm_config
     self.endpoint_norms = [
@@ -178,7 +187,8 @@ class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
               name=f"stage{i}_axial{j}"))
         elif kind == "bottleneck":
           blocks.append(bottleneck.BottleneckBlock(
-              width, activation=activation, drop_path_rate=drop_path_rate,
+              width, dilation_rate=self.bottleneck_dilation_rate,
+              activation=activation, drop_path_rate=drop_path_rate,
               norm_config=nc, name=f"stage{i}_bottleneck{j}"))
         else:
           raise ValueError(f"Unknown block type {kind!r} (use 'axial' or "
@@ -222,6 +232,8 @@ class KMaXPixelDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
         "block_types": self.block_types, "num_heads": self.num_heads,
         "max_span": self.max_span, "activation": self.activation,
         "layer_norm_epsilon": self.layer_norm_epsilon,
-        "drop_path_rate": self.drop_path_rate, "norm_config": self.norm_config,
+        "drop_path_rate": self.drop_path_rate,
+        "bottleneck_dilation_rate": self.bottleneck_dilation_rate,
+        "norm_config": self.norm_config,
     })
     return config

@@ -53,7 +53,7 @@ def test_full_size_parameter_count():
   decoder = pixel_decoder.KMaXPixelDecoder()
   decoder(_endpoints((256, 512, 1024, 2048), (7, 4, 2, 2)))
   count = test_utils.count_params(decoder)
-  assert abs(count - 21.15e6) / 21.15e6 < 0.02  # KMAX.md split
+  assert abs(count - 21.15e6) / 21.15e6 < 0.02  # docs/PAPER.md §5 split
   assert count == 21151040
 
 

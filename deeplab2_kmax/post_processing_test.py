@@ -74,18 +74,26 @@ def _random_case(rng, n=12, num_classes=5, hs=17, ws=13, dup=3):
   return class_logits, mask_logits
 
 
-def _compare(merger, class_logits, mask_logits, original_size=None):
-  out_size = (4 * (mask_logits.shape[1] - 1) + 1, 4 * (mask_logits.shape[2] - 1) + 1)
+def _compare(merger, class_logits, mask_logits, original_size=None, tf_resize=False):
+  """Merger vs `reference_merge` on every image. The reference paints the logits
+  upsampled by `upsample_mask_logits` (bit-exact claim) or, with tf_resize, by
+  tf.compat.v1.image.resize_bilinear(align_corners=True) as deeplab2 does."""
+  s = merger.mask_stride
+  out_size = (s * (mask_logits.shape[1] - 1) + 1, s * (mask_logits.shape[2] - 1) + 1)
   got = merger({"class_logits": tf.constant(class_logits),
                 "mask_logits": tf.constant(mask_logits)}, out_size, original_size)
-  up = upsample_mask_logits(tf.constant(mask_logits)).numpy()
+  if tf_resize:
+    up = tf.compat.v1.image.resize_bilinear(tf.constant(mask_logits), out_size,
+                                            align_corners=True).numpy()
+  else:
+    up = upsample_mask_logits(tf.constant(mask_logits), s).numpy()
   stats_all = []
   for b in range(class_logits.shape[0]):
     logits = up[b]
     grid = mask_logits[b]
     if original_size is not None:
       logits = logits[:original_size[0], :original_size[1]]
-      grid = grid[:(original_size[0] + 2) // 4 + 1, :(original_size[1] + 2) // 4 + 1]
+      grid = grid[:(original_size[0] + s - 2) // s + 1, :(original_size[1] + s - 2) // s + 1]
     want, stats = reference_merge(
         class_logits[b], grid, logits, merger.thing_train_ids, merger.label_divisor,
         merger.ignore_label, merger.thing_threshold, merger.stuff_threshold,
@@ -256,3 +264,128 @@ def test_cells_only_the_exact_bound_proves_empty_match_the_reference():
   exact = corners.max((2, 3)) - (lo.max(-1) + np.log(np.exp(lo - lo.max(-1, keepdims=True))
                                                     .sum(-1)))
   assert (jensen > np.log(0.4)).all() and (exact < np.log(0.4) - 1e-3).all()
+
+
+# ----------------------------------------------------------------- other mask strides
+def _structured_case(rng, n=12, num_classes=4, hs=17, ws=21, scale=8.0, dup=3):
+  """Piecewise-constant masks (rectangles and disks on the grid; sharp edges, so clean,
+  boundary and empty cells all occur), near-duplicate masks (overlaps) and masks that
+  never win."""
+  label = np.zeros((hs, ws), np.int64)
+  yy, xx = np.mgrid[:hs, :ws]
+  for m in range(1, n - dup - 2):
+    if rng.random() < 0.5:
+      y0, x0 = rng.integers(0, hs), rng.integers(0, ws)
+      label[y0:y0 + rng.integers(2, hs // 2 + 2), x0:x0 + rng.integers(2, ws // 2 + 2)] = m
+    else:
+      cy, cx, r = rng.uniform(0, hs), rng.uniform(0, ws), rng.uniform(1.5, hs / 3)
+      label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = m
+  logits = scale * np.eye(n, dtype=np.float32)[label]
+  for k in range(dup):  # mask n-1-k shares mask k's region, slightly weaker
+    logits[..., n - 1 - k] = logits[..., k] - 0.2
+  logits += rng.normal(scale=0.3, size=logits.shape).astype(np.float32)
+  class_logits = (rng.normal(size=(1, n, num_classes + 1)) * 3.0).astype(np.float32)
+  return class_logits, logits[None]
+
+
+def _stride_merger(stride, **kwargs):
+  return MaskWiseMerger(**{**dict(
+      thing_train_ids=[0, 1], label_divisor=1000, ignore_label=255, thing_threshold=0.5,
+      stuff_threshold=0.3, overlap_threshold=0.8, thing_area_limit=6, stuff_area_limit=24,
+      mask_stride=stride), **kwargs})
+
+
+def test_stride2_matches_dense_references_on_random_logits():
+  """Stride-2 logits (Cityscapes R50 / MaX-S): equal to deeplab2's sequential paint on
+  our upsampling (bit-exact) and on tf's align-corners resize, several grid sizes."""
+  rng = np.random.default_rng(11)
+  merger = _stride_merger(2)
+  kept = rejected = 0
+  for hs, ws in [(17, 13), (33, 33), (9, 31), (26, 19), (2, 2)]:
+    for _ in range(3):
+      class_logits, mask_logits = _random_case(rng, hs=hs, ws=ws)
+      got, stats = _compare(merger, class_logits, mask_logits)
+      _compare(merger, class_logits, mask_logits, tf_resize=True)
+      assert got["panoptic"].shape == (1, 2 * hs - 1, 2 * ws - 1)
+      kept += stats[0]["kept"]
+      rejected += stats[0]["rejected_overlap"]
+  assert kept > 30 and rejected > 3, (kept, rejected)
+
+
+def test_stride2_batched_and_cropped():
+  rng = np.random.default_rng(12)
+  merger = _stride_merger(2, overlap_threshold=0.9)
+  cases = [_random_case(rng, n=16, hs=21, ws=17) for _ in range(3)]
+  class_logits = np.concatenate([c[0] for c in cases])
+  mask_logits = np.concatenate([c[1] for c in cases])
+  for size in [(36, 30), (41, 33), (1, 1)]:
+    got, _ = _compare(merger, class_logits, mask_logits, original_size=size)
+    assert got["panoptic"].shape == (3,) + size
+
+
+@pytest.mark.parametrize("scale", [8.0, 2.0, 0.05])
+def test_stride2_structured_logits(scale):
+  rng = np.random.default_rng(13)
+  merger = _stride_merger(2)
+  painted = []
+  for hs, ws in [(17, 21), (30, 23)]:
+    class_logits, mask_logits = _structured_case(rng, hs=hs, ws=ws, scale=scale)
+    class_logits[0, :, :-1] *= 2.0
+    got, _ = _compare(merger, class_logits, mask_logits)
+    _compare(merger, class_logits, mask_logits, tf_resize=True)
+    painted.append((got["panoptic"].numpy() != 255 * 1000).mean())
+  if scale == 0.05:
+    assert max(painted) == 0.0  # flat logits: every cell proven empty
+  else:
+    assert min(painted) > 0.1, painted
+
+
+def test_stride2_xla_compatible_variant_matches_the_cell_path_and_compiles():
+  rng = np.random.default_rng(14)
+  inputs = []
+  for case in (_random_case(rng, n=12, hs=37, ws=29),
+               _structured_case(rng, n=12, hs=37, ws=29)):
+    inputs.append(case)
+  cells = _stride_merger(2)
+  dense = _stride_merger(2, xla_compatible=True)
+  assert dense.get_config()["mask_stride"] == 2
+  for class_logits, mask_logits in inputs:
+    _compare(dense, class_logits, mask_logits)  # exact vs the sequential reference
+    x = {"class_logits": tf.constant(class_logits), "mask_logits": tf.constant(mask_logits)}
+    want = cells(x, (73, 57))
+    for got in (dense(x, (73, 57)),
+                tf.function(lambda x: dense(x, (73, 57)), jit_compile=True)(x)):
+      for key in ("panoptic", "semantic", "segment_ids", "segment_classes",
+                  "segment_areas", "num_segments"):
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy(), err_msg=key)
+      np.testing.assert_allclose(got["segment_scores"].numpy(),
+                                 want["segment_scores"].numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 8])
+def test_other_power_of_two_strides(stride):
+  rng = np.random.default_rng(15)
+  merger = _stride_merger(stride, thing_area_limit=2 * stride, stuff_area_limit=4 * stride)
+  for case in (_random_case(rng, n=10, hs=13, ws=11),
+               _structured_case(rng, n=10, hs=13, ws=11)):
+    _compare(merger, *case)
+    _compare(merger, *case, original_size=(stride * 9 + 1, stride * 7))
+
+
+def test_mask_stride_is_checked_configurable_and_round_trips():
+  with pytest.raises(ValueError, match="power of two"):
+    MaskWiseMerger([0], 256, 255, mask_stride=3)
+  merger = _stride_merger(2)
+  assert MaskWiseMerger(**merger.get_config()).mask_stride == 2
+  assert MaskWiseMerger([0], 256, 255).mask_stride == 4
+  x = {"class_logits": np.zeros((1, 4, 3), np.float32),
+       "mask_logits": np.zeros((1, 5, 5, 4), np.float32)}
+  merger(x, (9, 9))
+  with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask_stride=2.*output_stride"):
+    merger(x, (17, 17))  # stride-4 geometry given to a stride-2 merger
+  import gin
+  try:
+    gin.parse_config("MaskWiseMerger.mask_stride = 2")
+    assert MaskWiseMerger([0], 256, 255).mask_stride == 2
+  finally:
+    gin.clear_config()

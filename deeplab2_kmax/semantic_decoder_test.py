@@ -50,7 +50,7 @@ def test_full_size_parameter_count():
   layer = semantic_decoder.SemanticDecoder(133)
   layer(_endpoints((256, 512, 1024, 2048), (3, 2, 1, 1)), training=False)
   count = test_utils.count_params(layer)
-  assert abs(count - 15.9e6) / 15.9e6 < 0.02  # KMAX.md: 15.9M (R50, training only)
+  assert abs(count - 15.9e6) / 15.9e6 < 0.02  # docs/PAPER.md §5: 15.9M (R50, training only)
 
 
 def test_uses_pre_activation_stage5_like_deeplab2():

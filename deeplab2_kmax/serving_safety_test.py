@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import export, inference
+from deeplab2_kmax import export, inference, input_checks
 from deeplab2_kmax.export_test import _info
 from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
@@ -108,8 +108,8 @@ def test_header_size_of_each_format():
   image = random_image(21, 34)
   encoded = {"png": tf.io.encode_png(image), "jpeg": tf.io.encode_jpeg(image)}
   for name, data in encoded.items():
-    assert inference.header_size(data).numpy().tolist() == [21, 34], name
-  assert inference.header_size(tf.constant(b"RIFF....WEBP")).numpy().tolist() == [-1, -1]
+    assert input_checks.header_size(data).numpy().tolist() == [21, 34], name
+  assert input_checks.header_size(tf.constant(b"RIFF....WEBP")).numpy().tolist() == [-1, -1]
 
 
 def test_export_drops_the_renamed_input_names_wall(served):

@@ -9,7 +9,7 @@ from deeplab2_kmax.layers import test_utils
 TINY = dict(channels=16, bottleneck_channels=16, key_depth=8, value_depth=16,
             num_heads=2, ffn_channels=32, embedding_dim=8, pixel_head_channels=16)
 
-# KMAX.md: encoder R50 23.51M / MaX-S 41.34M, pixel decoder 21.15M, final heads 0.17M.
+# docs/PAPER.md §5: encoder R50 23.51M / MaX-S 41.34M, pixel decoder 21.15M, final heads 0.17M.
 R50_REST = 23.51e6 + 21.15e6 + 0.17e6
 MAXS_REST = 41.34e6 + 21.15e6 + 0.17e6
 
@@ -54,7 +54,7 @@ def _full_size_count(**kwargs):
 @pytest.mark.slow  # builds six full-size decoders (~12M params each): ~20 s on 2 cores
 def test_full_size_parameter_counts_match_paper():
   default = _full_size_count()
-  assert abs(default - 11.75e6) / 11.75e6 < 0.02  # KMAX.md split: 11.75M
+  assert abs(default - 11.75e6) / 11.75e6 < 0.02  # docs/PAPER.md §5 split: 11.75M
   # Table 1 / Table 2 rows (R50 totals) within 2%.
   rows = {
       "cross_attention": (dict(interaction="cross_attention"), 56e6),

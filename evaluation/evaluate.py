@@ -85,7 +85,8 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
   dataset = build_dataset(eval_tfrecord, info, is_training=False,
                           batch_size=options["eval_batch_size"], **kwargs)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
-                          label_divisor=info.label_divisor, ignore_label=info.ignore_label)
+                          label_divisor=info.label_divisor, ignore_label=info.ignore_label,
+                          mask_stride=model.output_stride)
 
   predict = tf.function(lambda images: model(images, training=False))
 

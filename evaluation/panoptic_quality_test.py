@@ -1,4 +1,4 @@
-"""Hand-built cases for every panopticapi rule (KMAX.md §6), expected numbers by hand."""
+"""Hand-built cases for every panopticapi rule (docs/PAPER.md §6), expected numbers by hand."""
 
 import json
 import os
@@ -267,7 +267,7 @@ def test_lookup_tables_do_not_leak_ids_between_images(tmp_path):
 
 
 def _reference_counts(images, categories):
-  """Independent per-pair loop over segment dicts, written from KMAX.md §6."""
+  """Independent per-pair loop over segment dicts, written from docs/PAPER.md §6."""
   cats = {c["id"]: {"tp": 0, "fp": 0, "fn": 0, "iou": 0.0} for c in categories}
   for gt, gsegs, pred, psegs in images:
     gt_info = {s: (c, cr, int((gt == s).sum())) for s, c, cr in gsegs}

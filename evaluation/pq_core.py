@@ -3,7 +3,7 @@
 One image is described by two label maps of compact segment indices plus per-segment
 tables (see `ImageSegments`). All matching is vectorized over the small
 (num_gt + 2) x (num_pred + 1) intersection matrix obtained with one `np.bincount` over
-paired pixel labels. Rules (KMAX.md §6):
+paired pixel labels. Rules (docs/PAPER.md §6):
 
 * gt index 0 is VOID (PNG id 0); predicted index 0 is VOID (ignored prediction pixels);
 * the last gt index (``num_gt + 1``) collects gt ids present in the PNG but not listed in

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from deeplab2_kmax.inference import check_merger_stride
 from deeplab2_kmax.post_processing import MaskWiseMerger
 from evaluation.panoptic_quality import PanopticQualityAccumulator
 from trainer import summaries
@@ -62,7 +63,8 @@ class Evaluator:
     model_dir: metrics.json and summaries go to `model_dir/eval`.
     num_summary_images: predictions drawn into TensorBoard per evaluation.
     max_examples: stop after this many images (None: the whole split).
-    merger: a MaskWiseMerger (default: built from gin bindings + dataset_info).
+    merger: a MaskWiseMerger (default: built from gin bindings + dataset_info, with
+      mask_stride=model.output_stride).
     write_files: False on non-chief workers.
   """
 
@@ -77,7 +79,8 @@ class Evaluator:
     self.merger = merger or MaskWiseMerger(
         thing_train_ids=dataset_info.thing_train_ids,
         label_divisor=dataset_info.label_divisor,
-        ignore_label=dataset_info.ignore_label)
+        ignore_label=dataset_info.ignore_label, mask_stride=model.output_stride)
+    check_merger_stride(model, self.merger)
     self.write_files = write_files
     self._writer = summaries.Writer(self.eval_dir, enabled=write_files)
     self._predict = tf.function(lambda images: self.model(images, training=False))

@@ -96,3 +96,46 @@ def test_colorize_panoptic():
   np.testing.assert_array_equal(rgb[0, 3], [0, 0, 0])     # void: black
   assert not np.array_equal(rgb[0, 1], rgb[0, 2])         # two disks told apart
   assert rgb[0, 1, 0] > 0 and rgb[0, 1, 1] == 0           # both stay red
+
+
+class _Stride2Model:
+  """The perfect case on a stride-2 grid (9x9 for the 17x17 image), as the five-stage
+  Cityscapes models output; tie (void in the gt) at pixel column 9."""
+  output_stride = 2
+
+  def __init__(self):
+    mask = np.full((1, 9, 9, 4), -20.0, np.float32)
+    mask[0, :, :5, 0], mask[0, :, 5:, 0] = 10.0, -10.0
+    mask[0, :, :5, 1], mask[0, :, 5:, 1] = -10.0, 10.0
+    cls = np.full((1, 4, 4), -10.0, np.float32)
+    cls[0, :, 3] = 10.0
+    cls[0, 0] = [-10, -10, 10, -10]
+    cls[0, 1] = [10, -10, -10, -10]
+    self.outputs = {"class_logits": tf.constant(cls), "mask_logits": tf.constant(mask)}
+
+  def __call__(self, images, training=False):
+    return self.outputs
+
+
+def test_default_merger_takes_the_model_output_stride(tmp_path):
+  import gin
+  info = _info()
+  gt = np.zeros((1, 17, 17), np.int32)
+  gt[0, :, :9] = 2 * D
+  gt[0, :, 9] = 255 * D
+  gt[0, :, 10:] = 0 * D + 1
+  dataset = tf.data.Dataset.from_tensors(
+      ({"image": tf.zeros([1, 17, 17, 3])},
+       {"panoptic": tf.constant(gt), "original_size": tf.constant([[17, 17]])}))
+  try:
+    gin.parse_config("MaskWiseMerger.thing_area_limit = 4\n"
+                     "MaskWiseMerger.stuff_area_limit = 4")
+    evaluator = evaluator_lib.Evaluator(_Stride2Model(), info, str(tmp_path))
+  finally:
+    gin.clear_config()
+  assert evaluator.merger.mask_stride == 2
+  metrics = evaluator.evaluate(dataset, step=1)
+  assert metrics["pq"] == pytest.approx(1.0) and metrics["miou"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="mask_stride=4 differs"):
+    evaluator_lib.Evaluator(_Stride2Model(), info, str(tmp_path),
+                            merger=MaskWiseMerger(info.thing_train_ids, D, 255))

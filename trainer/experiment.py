@@ -196,7 +196,8 @@ def run(mode: str, model_dir: str, files: DataFiles, train_steps: Optional[int] 
     loss = KMaXLoss()
   total_steps = optimizer_lib.schedule_of(optimizer).total_steps
   trainer = train_lib.Trainer(model, loss, optimizer, strategy, own_dir,
-                              jit_compile=jit_compile, is_chief=chief, overwrite=overwrite)
+                              jit_compile=jit_compile, is_chief=chief, dataset_info=info,
+                              overwrite=overwrite)
   last_metrics = {}
 
   def eval_fn(step):

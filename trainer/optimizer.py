@@ -1,6 +1,6 @@
 """AdamW with kMaX-DeepLab's parameter groups and the warm-up + poly learning rate.
 
-KMAX.md §2/§3: Adam (beta 0.9/0.999, epsilon 1e-7) with decoupled weight decay applied
+docs/PAPER.md §2/§3: Adam (beta 0.9/0.999, epsilon 1e-7) with decoupled weight decay applied
 only to kernels (never to norm scales/offsets or biases), the backbone trained at a
 fraction (0.1x) of the learning rate, and a linear warm-up followed by a poly decay
 (power 0.9) to zero over the whole run. deeplab2 realises the backbone multiplier with a
@@ -185,7 +185,7 @@ def build_optimizer(total_steps: int,
                     backbone_pattern: Optional[str] = None,
                     lr_multipliers: Optional[Mapping[str, float]] = None,
                     mixed_precision: bool = False) -> keras.optimizers.Optimizer:
-  """The kMaX optimizer (COCO recipe defaults; KMAX.md §3).
+  """The kMaX optimizer (COCO recipe defaults; docs/PAPER.md §3).
 
   `total_steps` comes from --train_steps. `backbone_pattern` defaults to
   DEFAULT_BACKBONE_PATTERN (the trainer passes one built from the model's backbone layer

@@ -12,6 +12,9 @@ r"""Trains and/or evaluates kMaX-DeepLab from gin configs.
 * Strategy: default (one device), MirroredStrategy over all local GPUs (or
   --num_gpus), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
   TPUStrategy with --tpu. The gin-bound batch size is the global batch.
+* --init_checkpoint starts a new run from a deeplab2 checkpoint (full model or ImageNet
+  backbone) or one of ours; class heads of another class count are re-initialized and
+  a table of restored / new / skipped variables is printed.
 * Restarting with the same --model_dir resumes exactly from its newest readable
   checkpoint (model, optimizer, step, input position, random generators, seed); a model_dir
   whose checkpoints all fail to read is not trained from scratch unless --overwrite.
@@ -22,6 +25,7 @@ r"""Trains and/or evaluates kMaX-DeepLab from gin configs.
   DIR/eval/metrics.json.
 """
 
+import json
 import os
 import sys
 
@@ -53,6 +57,10 @@ def define_flags():
                     "bf16 (AVX512-BF16/AMX) when not --jit_compile; else float32.")
   flags.DEFINE_integer("seed", None, "Seed of model init and data order/augmentation.")
   flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+  flags.DEFINE_string("init_checkpoint", None,
+                      "Initial weights of a run starting from scratch: a deeplab2 "
+                      "checkpoint (full model or ImageNet backbone; prefix, folder or "
+                      ".tar.gz) or one of ours (overrides Trainer.init_checkpoint).")
   flags.DEFINE_bool("overwrite", False, "Train from scratch even when none of the "
                     "checkpoints in --model_dir can be restored (they are kept, renamed "
                     "*.unreadable); without it such a model_dir is refused.")
@@ -70,8 +78,11 @@ def main(argv):
 
   if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
     raise app.UsageError(f"--model_dir={FLAGS.model_dir}: not a directory")
+  bindings = list(FLAGS.gin_bindings)
+  if FLAGS.init_checkpoint:
+    bindings.append(f"Trainer.init_checkpoint = {json.dumps(FLAGS.init_checkpoint)}")
   from data import cli  # pylint: disable=g-import-not-at-top
-  cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+  cli.parse_gin(FLAGS.gin_file, bindings)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
   strategy = distribution.get_strategy(FLAGS.strategy, FLAGS.num_gpus, FLAGS.tpu)

@@ -25,6 +25,8 @@ import keras
 import tensorflow as tf
 import tqdm
 
+from deeplab2_kmax.conversion import label_space
+from deeplab2_kmax.conversion import warm_start
 from trainer import checkpointing
 from trainer import optimizer as optimizer_lib
 from trainer import summaries
@@ -53,7 +55,8 @@ def _format_eta(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-@gin.configurable(denylist=["model", "loss_fn", "optimizer", "strategy", "model_dir"])
+@gin.configurable(denylist=["model", "loss_fn", "optimizer", "strategy", "model_dir",
+                            "dataset_info"])
 class Trainer:
   """Trains `model` on a dataset of global batches `(features, labels)`.
 
@@ -72,6 +75,12 @@ class Trainer:
     checkpoint_input_pipeline: also checkpoint the input iterator (exact resume).
     is_chief: writes summaries; other workers only take part in the collectives.
     progress: show a tqdm progress bar.
+    init_checkpoint: where a run that starts from scratch takes its initial weights: a
+      deeplab2 checkpoint (full model or ImageNet backbone) or one of ours; what fits
+      is restored, class heads of another class count are re-initialized, and a table
+      of restored / new / skipped variables is logged (conversion.warm_start). Ignored
+      when model_dir already holds a checkpoint (the run resumes).
+    dataset_info: the training data's DatasetInfo (its classes, for init_checkpoint).
     overwrite: train from scratch even when none of model_dir's checkpoints can be
       restored (they are kept, renamed *.unreadable); without it that is refused.
   """
@@ -80,7 +89,9 @@ class Trainer:
                steps_per_loop: int = 10, checkpoint_every: int = 1000,
                max_to_keep: int = 3, jit_compile: Optional[bool] = None,
                clip_gradient_norm: float = 0.0, checkpoint_input_pipeline: bool = True,
-               is_chief: bool = True, progress: bool = True, overwrite: bool = False):
+               is_chief: bool = True, progress: bool = True,
+               init_checkpoint: Optional[str] = None, dataset_info=None,
+               overwrite: bool = False):
     if steps_per_loop < 1:
       raise ValueError(f"Trainer.steps_per_loop must be >= 1, got {steps_per_loop}")
     self.model = model
@@ -99,6 +110,8 @@ class Trainer:
     self.checkpoint_input_pipeline = checkpoint_input_pipeline
     self.is_chief = is_chief
     self.progress = progress
+    self.init_checkpoint = init_checkpoint
+    self.dataset_info = dataset_info
     self.overwrite = overwrite
     with strategy.scope():
       self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
@@ -235,7 +248,8 @@ class Trainer:
         self.model_dir, self.model, self.optimizer, self.step,
         iterator=iterator if self.checkpoint_input_pipeline and trackable else None,
         max_to_keep=self.max_to_keep, overwrite=self.overwrite)
-    self.checkpoint_state.restore_latest()
+    if self.checkpoint_state.restore_latest() is None and self.init_checkpoint:
+      self._warm_start()
     step = int(self.step.numpy())
     if self.is_chief:  # steps after the checkpoint are trained (and logged) again
       for logs in ("train", "eval"):
@@ -247,6 +261,14 @@ class Trainer:
     if self._writer is None:
       self._writer = summaries.Writer(f"{self.model_dir}/train", enabled=self.is_chief)
     return iterator
+
+  def _warm_start(self):
+    info = self.dataset_info
+    space = None if info is None else label_space.for_dataset(
+        info.name, info.num_classes, info.thing_train_ids)
+    with self.strategy.scope():
+      report = warm_start.initialize(self.model, self.init_checkpoint, space)
+    logging.info("%s", report.table())
 
   def _next_stop(self, step: int, total: int, eval_every: int) -> int:
     stops = [total, step + self.steps_per_loop]

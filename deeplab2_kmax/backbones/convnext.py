@@ -28,11 +28,10 @@ from typing import Sequence
 import keras
 from keras import ops
 
-from deeplab2_kmax.layers import depthwise_gradient
+from deeplab2_kmax.kernels import depthwise as depthwise_kernels
 from deeplab2_kmax.layers import drop_path
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
-from deeplab2_kmax.layers import xla_paths
 
 CONVNEXT_PRESETS = {
     "convnext_tiny": {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)},
@@ -82,22 +81,23 @@ class ConvNeXtBlock(keras.layers.Layer):
     self.gamma = None
 
   def build(self, input_shape):
+    # The fast depthwise paths in `call` read the kernel directly, so every sub-layer
+    # is built here rather than on its first call.
+    shape = (input_shape[0], None, None, self.dim)
+    self.depthwise_conv.build(shape)
+    self.norm.build(shape)
+    self.pointwise_conv1.build(shape)
+    self.pointwise_conv2.build(shape[:-1] + (4 * self.dim,))
     if self.layer_scale_init_value > 0:
       self.gamma = self.add_weight(
           name="layer_scale", shape=(self.dim,),
           initializer=keras.initializers.Constant(self.layer_scale_init_value))
 
   def call(self, x, training=False):
-    if xla_paths.use_shifted_depthwise(training):
-      # XLA:CPU runs depthwise convs as a naive loop; see layers/xla_paths.
-      y = xla_paths.shifted_depthwise_conv(x, self.depthwise_conv.kernel, 1,
-                                           self.depthwise_conv.bias)
-    elif training and depthwise_gradient.applies(
-        self.depthwise_conv.kernel_size[0], 1, 1):
-      # Its kernel gradient as one depthwise conv (see layers/depthwise_gradient).
-      y = depthwise_gradient.depthwise_conv(x, self.depthwise_conv.kernel,
-                                            self.depthwise_conv.bias)
-    else:
+    # A fast form (shifted slices under XLA, the one-conv kernel gradient in training;
+    # kernels.depthwise) when one applies.
+    y = depthwise_kernels.depthwise_bn(self.depthwise_conv, None, x, training)
+    if y is None:
       y = self.depthwise_conv(x)
     y = self.norm(y)
     y = self.pointwise_conv1(y)

@@ -83,7 +83,7 @@ def test_bad_arguments_raise():
 
 def test_tiny_convnext_under_xla_equals_graph():
   # Under jit_compile (inference) the 7x7 depthwise convs are shifted-slice sums
-  # (layers/xla_paths); the endpoints must equal graph mode's library conv.
+  # (kernels/shifted_depthwise); the endpoints must equal graph mode's library conv.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model = convnext.ConvNeXt(**TINY, layer_scale_init_value=1.0)
   x = tf.constant(np.random.RandomState(3).randn(1, 37, 41, 3).astype("float32"))

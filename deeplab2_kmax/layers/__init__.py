@@ -7,8 +7,6 @@ DepthwiseSeparableConv), drop_path, resize (align-corners bilinear), axial_atten
 transformer_layer (KMaXTransformerLayer with the four Table-1 interactions), tracking
 (TrackListHeldLayers: checkpoint sub-layers kept in lists).
 
-Speed paths, each tested against the plain formulation: bn_folding (inference BN folded
-into the preceding linear op), fused_gelu (XLA-fused bf16/f16 GeLU, TF only),
-depthwise_gradient (training depthwise conv whose kernel gradient is one depthwise conv,
-TF only), xla_paths (depthwise convs as shifted-slice sums when compiled by XLA).
+Faster forms of the same math (BN folding, fused BN, depthwise and atrous conv forms,
+native resize, fused GeLU) live in `deeplab2_kmax.kernels`, behind one switch.
 """

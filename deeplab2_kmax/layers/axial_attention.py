@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
-from deeplab2_kmax.layers import bn_folding
+from deeplab2_kmax.kernels import folded_attention
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import normalization
@@ -120,12 +120,12 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
       self.value_rpe_bn.build((None, None, self.value_depth))
 
   def call(self, x, training=False):
-    if not any(bn_folding.uses_batch_statistics(bn, training)
-               for bn in self._batch_norms()):
-      return self._folded_call(x)
+    fast = folded_attention.axial_attention_1d(self, x, training)
+    if fast is not None:
+      return fast
     length = ops.shape(x)[1]
     qkv = project(x, ops.cast(self.qkv_kernel, x.dtype))
-    q, k, v = self._heads(self.qkv_bn(qkv, training=training), length)
+    q, k, v = self.split_heads(self.qkv_bn(qkv, training=training), length)
     index = None
     if self._num_terms > 1 or self.use_value_rpe:
       index = relative_distance_index(length, self.max_span)
@@ -154,7 +154,12 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
       out = out + rpe_out
     return out
 
-  def _heads(self, qkv, length):
+  # The projection and the relative-position table index, for the folded inference
+  # form (kernels.folded_attention).
+  project = staticmethod(project)
+  distance_index = staticmethod(relative_distance_index)
+
+  def split_heads(self, qkv, length):
     """q, k [B, L, heads, dk] and v [B, L, heads, dv] from qkv [B, L, 2 key + value].
 
     A split (its gradient is one concat), not three slices (three zero-padded slice
@@ -166,54 +171,9 @@ class AxialAttention1D(tracking.TrackListHeldLayers, keras.layers.Layer):
             ops.reshape(k, (-1, length, heads, self.key_depth // heads)),
             ops.reshape(v, (-1, length, heads, self.value_depth // heads)))
 
-  def _batch_norms(self):
+  def batch_norms(self):
     bns = [self.qkv_bn, self.content_bn] + list(self.similarity_bns)
     return bns + ([self.value_rpe_bn] if self.value_rpe_bn is not None else [])
-
-  def _folded_call(self, x):
-    """Inference with every BN folded (bn_folding), equal to `call` up to rounding.
-
-    qkv BN → into the projection kernel and a bias; content BN → its scale into the
-    value columns of that kernel (the attention weights are linear in v) and its shift
-    into the output bias; similarity BNs → their per-head scales into q resp. k, and
-    their shifts dropped: constant along the softmax axis, they cancel in it.
-    """
-    length = ops.shape(x)[1]
-    dtype = x.dtype
-    qkv_scale, qkv_shift = bn_folding.folded_affine(self.qkv_bn, False)
-    content_scale, content_shift = bn_folding.folded_affine(self.content_bn, False)
-    ones = ops.ones((2 * self.key_depth,), "float32")
-    column_scale = qkv_scale * ops.concatenate([ones, content_scale], axis=0)
-    column_shift = qkv_shift * ops.concatenate([ones, content_scale], axis=0)
-    # In the compute dtype: the kernel arrives autocast to it (mixed precision).
-    kernel = ops.cast(self.qkv_kernel, dtype) * ops.cast(column_scale, dtype)
-    q, k, v = self._heads(project(x, kernel) + ops.cast(column_shift, dtype), length)
-    head_scales = [ops.cast(bn_folding.folded_scale(bn, False), dtype)[:, None]
-                   for bn in self.similarity_bns]  # [heads, 1] each
-    logits = ops.einsum("blhd,bmhd->bhlm", q * head_scales[0], k)
-    index = None
-    if self._num_terms > 1 or self.use_value_rpe:
-      index = relative_distance_index(length, self.max_span)
-    term = 1
-    if self.use_query_rpe:
-      rel = ops.take(ops.cast(self.query_rpe, dtype), index, axis=0)  # [L, M, dk]
-      logits = logits + ops.einsum("blhd,lmd->bhlm", q * head_scales[term], rel)
-      term += 1
-    if self.use_key_rpe:
-      rel = ops.take(ops.cast(self.key_rpe, dtype), index, axis=0)
-      logits = logits + ops.einsum("bmhd,lmd->bhlm", k * head_scales[term], rel)
-    weights = ops.softmax(logits, axis=-1)
-    out = ops.reshape(ops.einsum("bhlm,bmhd->blhd", weights, v),
-                      (-1, length, self.value_depth))
-    shift = content_shift
-    if self.use_value_rpe:
-      rpe_scale, rpe_shift = bn_folding.folded_affine(self.value_rpe_bn, False)
-      rel = ops.take(ops.cast(self.value_rpe, dtype), index, axis=0)  # [L, M, dv]
-      rpe_out = ops.reshape(ops.einsum("bhlm,lmd->blhd", weights, rel),
-                            (-1, length, self.value_depth))
-      out = out + rpe_out * ops.cast(rpe_scale, dtype)
-      shift = shift + rpe_shift
-    return out + ops.cast(shift, dtype)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.value_depth,)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.kernels import policy
 from deeplab2_kmax.layers import axial_attention
 
 
@@ -123,7 +124,7 @@ def test_get_config_round_trip(cls, kwargs, shape):
 
 @pytest.mark.parametrize("rpe", [(True, True, True), (False, True, False),
                                  (True, False, True), (False, False, False)])
-def test_folded_inference_equals_unfolded_bn_path(rpe, monkeypatch):
+def test_folded_inference_equals_unfolded_bn_path(rpe):
   rng = np.random.default_rng(5)
   layer = axial_attention.AxialAttention1D(
       8, 16, num_heads=2, max_span=5, use_query_rpe=rpe[0], use_key_rpe=rpe[1],
@@ -132,10 +133,9 @@ def test_folded_inference_equals_unfolded_bn_path(rpe, monkeypatch):
   layer(x)
   _randomize_bn(layer, rng)
   folded = np.asarray(layer(x, training=False))
-  # Route inference through the per-BN path (each BN with its moving statistics).
-  monkeypatch.setattr(axial_attention.bn_folding, "uses_batch_statistics",
-                      lambda bn, training: True)
-  unfolded = np.asarray(layer(x, training=False))
+  # The plain path: each BN with its moving statistics.
+  with policy.forced(False):
+    unfolded = np.asarray(layer(x, training=False))
   np.testing.assert_allclose(folded, unfolded, rtol=1e-4, atol=1e-4)
 
 

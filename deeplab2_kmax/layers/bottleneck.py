@@ -1,9 +1,10 @@
 """Residual bottleneck block (ResNet) in the pre-activated-input convention.
 
-activation(input) → 1×1 conv+BN+act (w) → 3×3 conv+BN+act (w, stride) →
+activation(input) → 1×1 conv+BN+act (w) → 3×3 conv+BN+act (w, stride, atrous rate) →
 1×1 conv+BN (4w, zero-init scale) → drop path → + shortcut (strided 1×1 conv+BN when
-the shape changes). Used at strides 8 and 4 of the kMaX pixel decoder (GeLU). The
-output is not activated, matching `AxialBlock`.
+the shape changes). Used at strides 8 and 4 (and 2) of the kMaX pixel decoder (GeLU),
+where deeplab2 dilates the 3×3 conv by 2 (see `pixel_decoder`). The output is not
+activated, matching `AxialBlock`.
 """
 
 from typing import Any, Mapping, Optional
@@ -23,6 +24,7 @@ class BottleneckBlock(keras.layers.Layer):
     filters: bottleneck width w.
     output_filters: output channels (default 4w).
     strides: stride of the 3×3 conv.
+    dilation_rate: atrous rate of the 3×3 conv (stride 1 only).
     activation: 'gelu' or 'relu'.
     activate_input: apply the activation to the input first.
     drop_path_rate: drop-path rate of the residual branch.
@@ -30,13 +32,16 @@ class BottleneckBlock(keras.layers.Layer):
   """
 
   def __init__(self, filters: int, output_filters: Optional[int] = None,
-               strides: int = 1, activation: str = "gelu",
+               strides: int = 1, dilation_rate: int = 1, activation: str = "gelu",
                activate_input: bool = True, drop_path_rate: float = 0.0,
                norm_config: Optional[Mapping[str, Any]] = None, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.output_filters = output_filters or 4 * filters
     self.strides = strides
+    self.dilation_rate = int(dilation_rate)
+    if self.dilation_rate > 1 and strides != 1:
+      raise ValueError("BottleneckBlock: an atrous 3x3 conv must have stride 1")
     self.activation = activation
     self.activate_input = activate_input
     self.drop_path_rate = drop_path_rate
@@ -46,6 +51,7 @@ class BottleneckBlock(keras.layers.Layer):
     self.conv1 = convolutions.ConvBN(filters, 1, activation=activation,
                                      norm_config=nc, name="conv1")
     self.conv2 = convolutions.ConvBN(filters, 3, strides=strides,
+                                     dilation_rate=self.dilation_rate,
                                      activation=activation, norm_config=nc,
                                      name="conv2")
     self.conv3 = convolutions.ConvBN(self.output_filters, 1,
@@ -77,7 +83,8 @@ class BottleneckBlock(keras.layers.Layer):
     config = super().get_config()
     config.update({
         "filters": self.filters, "output_filters": self.output_filters,
-        "strides": self.strides, "activation": self.activation,
+        "strides": self.strides, "dilation_rate": self.dilation_rate,
+        "activation": self.activation,
         "activate_input": self.activate_input,
         "drop_path_rate": self.drop_path_rate, "norm_config": self.norm_config,
     })

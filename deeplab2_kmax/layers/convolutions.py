@@ -11,28 +11,10 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
-from deeplab2_kmax.layers import bn_folding
-from deeplab2_kmax.layers import depthwise_gradient
+from deeplab2_kmax.kernels import bn_folding
+from deeplab2_kmax.kernels import conv as conv_kernels
+from deeplab2_kmax.kernels import depthwise as depthwise_kernels
 from deeplab2_kmax.layers import normalization
-from deeplab2_kmax.layers import xla_paths
-
-
-def atrous_conv(x, kernel, dilation_rate: int):
-  """Stride-1 'same' atrous (dilated) conv of x [B, H, W, Cin] with kernel [k, k, Cin, Cout].
-
-  On TensorFlow, `keras.ops.conv` goes through `tf.nn.convolution`, which runs every
-  dilated conv as SpaceToBatchND -> conv -> BatchToSpaceND: for the ASPP's rate-12 conv
-  on the 17x17x2048 stride-32 map of a 513 crop that is a conv over 144 tiny images,
-  and forward + backward take 183 ms (bfloat16) / 214 ms (float32) against 35 / 40 ms
-  for `tf.nn.conv2d` with native dilations (oneDNN's dilated kernels; the same result,
-  bit-identical in float32). JAX's `ops.conv` is already native.
-  """
-  if keras.backend.backend() == "tensorflow":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.nn.conv2d(x, ops.cast(kernel, x.dtype), strides=1, padding="SAME",
-                        dilations=dilation_rate)
-  return ops.conv(x, ops.cast(kernel, x.dtype), strides=1, padding="same",
-                  dilation_rate=dilation_rate)
 
 
 def _symmetric_pad(x, kernel_size: int, dilation_rate: int):
@@ -99,83 +81,16 @@ class ConvBN(keras.layers.Layer):
     if self.bn is not None:
       self.bn.build((input_shape[0], None, None, self.filters))
 
-  def _atrous_taps(self, x):
-    """The only kernel tap of a stride-1 atrous conv that reads image pixels, or None.
-
-    A 'same' atrous conv (stride 1, dilation > 1) whose dilation is >= the static
-    height and width reads only zero padding at every off-centre tap, so it equals
-    the 1x1 conv with the centre tap (the ASPP rate-18 branch on the 17x17 stride-32
-    map of a 513 crop). oneDNN's atrous conv and its two backprops take ~30x longer
-    than that 1x1 conv (0.57 s vs 0.02 s forward+backward at 17x17x2048->256); the
-    result is identical and the kernel gradient the same up to float rounding (zero
-    at the off-centre taps in both). Other atrous convs (e.g. rates 6 and 12 there)
-    keep the oneDNN conv: an im2col over all their taps measured no faster.
-    """
-    height, width = x.shape[1], x.shape[2]
-    if (self.strides != 1 or self.dilation_rate <= 1 or self.kernel_size <= 1 or
-        height is None or width is None):
-      return None
-    c, d = self.kernel_size // 2, self.dilation_rate
-    rows = [i for i in range(self.kernel_size) if abs(i - c) * d < height]
-    cols = [j for j in range(self.kernel_size) if abs(j - c) * d < width]
-    taps = [(i, j) for i in rows for j in cols]
-    return taps if len(taps) == 1 else None
-
-  def _atrous_conv(self, x, taps, kernel):
-    c, d = self.kernel_size // 2, self.dilation_rate
-    height, width = x.shape[1], x.shape[2]
-    pad_h = max(abs(i - c) for i, _ in taps) * d
-    pad_w = max(abs(j - c) for _, j in taps) * d
-    if pad_h or pad_w:
-      x = ops.pad(x, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-    views = [x[:, pad_h + (i - c) * d:pad_h + (i - c) * d + height,
-               pad_w + (j - c) * d:pad_w + (j - c) * d + width, :]
-             for i, j in taps]
-    weights = ops.concatenate([kernel[i:i + 1, j:j + 1] for i, j in taps], axis=2)
-    patches = views[0] if len(views) == 1 else ops.concatenate(views, axis=-1)
-    return ops.conv(patches, ops.cast(weights, patches.dtype), strides=1,
-                    padding="valid")
-
-  def _with_bias(self, y):
-    """y + the conv bias, for the convs computed here instead of by `self.conv`."""
-    return ops.add(y, ops.cast(self.conv.bias, y.dtype)) if self.use_bias else y
-
   def call(self, x, training=False):
-    subsampled = self.strides != 1 and self.kernel_size == 1 and training
-    if subsampled:
-      # A strided 1x1 conv reads only the pixels on the stride grid: in training,
-      # subsample them and run a stride-1 1x1 conv (the same values; ceil(H / s)
-      # outputs either way). oneDNN's kernel gradient of the strided form is 3-7x
-      # slower than the 1x1 conv's (the ResNet projection shortcuts at crop 513 in
-      # bfloat16: 13.6, 17.0, 25.7 ms vs ~3.5 ms for the block's other 1x1 convs).
-      # Not at inference: there the slice costs more than it saves (forward only,
-      # bf16, 161²x256->512: strided conv 5.5 ms vs slice + conv 15.2 ms).
-      x = x[:, ::self.strides, ::self.strides, :]
-    elif self.strides != 1:
+    if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
-    # At inference the BN is folded into the kernel (bn_folding): one fused bias add
-    # instead of the BN's separate multiply and add over the whole activation.
-    affine = bn_folding.folded_affine(self.bn, training, x.dtype)
-    kernel = self.conv.kernel
-    if affine is not None:
-      kernel = ops.cast(kernel, x.dtype) * affine[0]
-    taps = self._atrous_taps(x)
-    if taps is not None:
-      x = self._with_bias(self._atrous_conv(x, taps, kernel))
-    elif subsampled:  # the stride-1 1x1 conv of the subsampled grid
-      x = self._with_bias(ops.conv(x, ops.cast(kernel, x.dtype), strides=1,
-                                   padding="valid"))
-    elif self.strides == 1 and self.dilation_rate > 1:
-      x = self._with_bias(atrous_conv(x, kernel, self.dilation_rate))
-    elif affine is not None:
-      x = self.conv.convolution_op(x, kernel)
-    else:
-      x = self.conv(x)
-    if affine is not None:
-      x = x + affine[1]
-    elif self.bn is not None:
-      x = self.bn(x, training=training)
-    return self._act(x)
+    # A fast form (folded BN, native atrous conv, ...; kernels.conv) when one applies.
+    y = conv_kernels.conv_bn(self, x, training)
+    if y is None:
+      y = self.conv(x)
+      if self.bn is not None:
+        y = self.bn(y, training=training)
+    return self._act(y)
 
   def get_config(self):
     config = super().get_config()
@@ -238,31 +153,13 @@ class DepthwiseSeparableConv(keras.layers.Layer):
   def call(self, x, training=False):
     if self.strides != 1:
       x = _symmetric_pad(x, self.kernel_size, self.dilation_rate)
-    affine = bn_folding.folded_affine(self.depthwise_bn, training, x.dtype)
-    if self.strides == 1 and xla_paths.use_shifted_depthwise(training):
-      # XLA:CPU runs a depthwise conv (and its gradients) as a naive loop (~40x
-      # slower than oneDNN); the shifted-slice sum fuses into fast loops there.
-      kernel, bias = self.depthwise.kernel, self.depthwise.bias
-      if affine is not None:
-        kernel, bias = ops.cast(kernel, x.dtype) * affine[0][:, None], affine[1]
-      x = xla_paths.shifted_depthwise_conv(x, kernel, self.dilation_rate, bias)
-    elif affine is not None:  # inference: BN folded into the depthwise kernel
-      kernel = ops.cast(self.depthwise.kernel, x.dtype) * affine[0][:, None]
-      x = ops.depthwise_conv(
-          x, kernel, strides=self.depthwise.strides, padding=self.depthwise.padding,
-          dilation_rate=self.depthwise.dilation_rate) + affine[1]
-    elif training and depthwise_gradient.applies(self.kernel_size, self.strides,
-                                                 self.dilation_rate):
-      # Same conv; its kernel gradient as one depthwise conv (~12x faster, see
-      # depthwise_gradient).
-      x = depthwise_gradient.depthwise_conv(x, self.depthwise.kernel,
-                                            self.depthwise.bias)
-    else:
-      x = self.depthwise(x)
-    if affine is None and self.depthwise_bn is not None:  # not folded above
-      x = self.depthwise_bn(x, training=training)
-    x = self._act(x)
-    return self.pointwise(x, training=training)
+    # A fast form (folded BN, shifted slices under XLA, ...; kernels.depthwise).
+    y = depthwise_kernels.depthwise_bn(self.depthwise, self.depthwise_bn, x, training)
+    if y is None:
+      y = self.depthwise(x)
+      if self.depthwise_bn is not None:
+        y = self.depthwise_bn(y, training=training)
+    return self.pointwise(self._act(y), training=training)
 
   def get_config(self):
     config = super().get_config()
@@ -324,15 +221,12 @@ class DenseBN(keras.layers.Layer):
       self.bn.build(tuple(input_shape[:-1]) + (self.units,))
 
   def call(self, x, training=False):
-    affine = bn_folding.folded_affine(self.bn, training, x.dtype)
-    if affine is not None:  # inference: BN folded into the kernel
-      kernel = ops.cast(self.dense.kernel, x.dtype) * affine[0]
-      x = ops.matmul(x, kernel) + affine[1]
-    else:
-      x = self.dense(x)
+    y = bn_folding.linear_bn(self.dense, self.bn, x, training)  # folded at inference
+    if y is None:
+      y = self.dense(x)
       if self.bn is not None:
-        x = self.bn(x, training=training)
-    return self._act(x)
+        y = self.bn(y, training=training)
+    return self._act(y)
 
   def compute_output_shape(self, input_shape):
     return tuple(input_shape[:-1]) + (self.units,)

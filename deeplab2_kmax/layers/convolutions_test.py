@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.kernels import conv as conv_kernels
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import test_utils
 
@@ -105,8 +106,8 @@ def test_atrous_conv_wider_than_the_map_is_its_centre_tap():
   x = tf.random.stateless_normal([2, 5, 4, 3], [0, 1])
   layer(x)
   layer.conv.bias.assign(tf.range(6, dtype=tf.float32))
-  assert layer._atrous_taps(x) == [(1, 1)]
-  assert layer._atrous_taps(tf.zeros([1, 6, 4, 3])) is None
+  assert conv_kernels.live_atrous_taps(3, 1, layer.dilation_rate, x) == [(1, 1)]
+  assert conv_kernels.live_atrous_taps(3, 1, 5, tf.zeros([1, 6, 4, 3])) is None
   _assert_matches_keras_conv(layer, x, rtol=1e-6, atol=1e-6)
 
 
@@ -119,7 +120,7 @@ def test_atrous_conv_is_native_and_equals_the_keras_conv(dilation, size):
   x = tf.random.stateless_normal([2, *size, 4], [0, 2])
   layer(x)
   layer.conv.bias.assign(tf.linspace(-1.0, 1.0, 5))
-  assert layer._atrous_taps(x) is None
+  assert conv_kernels.live_atrous_taps(3, 1, layer.dilation_rate, x) is None
   fast = _assert_matches_keras_conv(layer, x, rtol=1e-5, atol=1e-5)
   assert fast.shape == (2, *size, 5)
   graph = tf.function(lambda t: layer(t)).get_concrete_function(
@@ -130,7 +131,7 @@ def test_atrous_conv_is_native_and_equals_the_keras_conv(dilation, size):
 
 @pytest.mark.parametrize("use_bn,dilation", [(True, 1), (False, 2)])
 def test_separable_conv_under_xla_equals_graph(use_bn, dilation):
-  # Under jit_compile the depthwise conv is a shifted-slice sum (xla_paths); it must
+  # Under jit_compile the depthwise conv is a shifted-slice sum (kernels/shifted_depthwise); it must
   # give the library conv's numbers (graph mode), BN folded or conv bias.
   rng = np.random.default_rng(4)
   layer = convolutions.DepthwiseSeparableConv(6, 5, dilation_rate=dilation,

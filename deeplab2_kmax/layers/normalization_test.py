@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from deeplab2_kmax.kernels import batch_norm as batch_norm_kernels
 from deeplab2_kmax.layers import normalization
 
 
@@ -69,7 +70,7 @@ def test_fused_training_path_matches_keras(shape, axis, compiled):
     out += [tf.identity(layer.moving_mean), tf.identity(layer.moving_variance),
             layer(x, training=False)]
     results.append(out)
-  assert ours._use_fused(x, True, None)  # pylint: disable=protected-access
+  assert batch_norm_kernels.applies(ours, x, True, None)
   for got, want in zip(*results):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
@@ -96,7 +97,7 @@ def test_fused_training_path_bfloat16_inputs():
     results.append((y, grads, layer.moving_mean.numpy(), layer.moving_variance.numpy()))
   (y16, g16, mean16, var16), (y32, g32, mean32, var32) = results
   assert y16.dtype == tf.bfloat16 and g16[0].dtype == tf.bfloat16
-  assert layer._use_fused(x, True, None)  # pylint: disable=protected-access
+  assert batch_norm_kernels.applies(layer, x, True, None)
   np.testing.assert_array_equal(mean16, mean32)   # float32 statistics of the same values
   np.testing.assert_allclose(var16, var32, rtol=1e-6)
   np.testing.assert_allclose(tf.cast(y16, tf.float32).numpy(), y32.numpy(),
@@ -126,13 +127,13 @@ def test_fallbacks_use_keras_path():
   x = tf.ones((2, 3, 4, 5))
   sync = normalization.batch_norm({"synchronized": True})
   sync.build(x.shape)
-  assert not sync._use_fused(x, True, None)  # pylint: disable=protected-access
+  assert not batch_norm_kernels.applies(sync, x, True, None)
   plain = normalization.batch_norm(axis=2)
   plain.build(x.shape)
-  assert not plain._use_fused(x, True, None)  # pylint: disable=protected-access
+  assert not batch_norm_kernels.applies(plain, x, True, None)
   plain.trainable = False  # frozen BN runs in inference mode, as in Keras
-  assert not plain._use_fused(x, True, None)  # pylint: disable=protected-access
-  assert not normalization.batch_norm()._use_fused(x, False, None)  # pylint: disable=protected-access
+  assert not batch_norm_kernels.applies(plain, x, True, None)
+  assert not batch_norm_kernels.applies(normalization.batch_norm(), x, False, None)
 
 
 @pytest.mark.parametrize("compiled", [False, True])

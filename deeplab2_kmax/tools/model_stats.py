@@ -10,7 +10,7 @@ One JSON line per config: {"gin_file", "params", "params_total", "gmacs", ...}.
 * params_total: all trainable weights, semantic branch included.
 * gmacs: multiply-accumulates / 1e9 of `model(x, training=False)` for one H×W image,
   counted on the traced graph of a concrete tf.function exactly like deeplab2's number
-  (KMAX.md: TF-profiler float ops / 2): the profiler's float ops plus 2 × the MACs of
+  (docs/PAPER.md §5: TF-profiler float ops / 2): the profiler's float ops plus 2 × the MACs of
   the ops it has no statistics for (Einsum: product of all index sizes of a
   two-operand einsum), halved. Conv2D, DepthwiseConv2dNative, MatMul and BatchMatMul
   are counted by the profiler (2 flops per MAC), element-wise ops at 1 flop each.
@@ -34,7 +34,7 @@ from absl import flags
 import gin
 import numpy as np
 
-# Paper numbers (KMAX.md "Size targets", seed Tables 1–3): params in M, GMACs at 1200×800.
+# Paper numbers (docs/PAPER.md §5, the paper's Tables 1–3): params in M, GMACs at 1200×800.
 PAPER_TARGETS = {
     "configs/coco/kmax_r50.gin": (57, 168),
     "configs/coco/kmax_maxs.gin": (74, 240),
@@ -59,6 +59,14 @@ PAPER_TARGETS = {
     "configs/coco/ablations/maxs_decoders_333.gin": (80, 248),
     "configs/cityscapes/kmax_r50.gin": (None, None),
     "configs/cityscapes/kmax_convnext_large.gin": (None, None),
+    "configs/cityscapes/kmax_maxs.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_tiny.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_small.gin": (None, None),
+    "configs/cityscapes/kmax_convnext_base.gin": (None, None),
+    "configs/ade20k/kmax_r50.gin": (None, None),
+    "configs/ade20k/kmax_r50_res1281.gin": (None, None),
+    "configs/ade20k/kmax_convnext_large.gin": (None, None),
+    "configs/ade20k/kmax_convnext_large_res1281.gin": (None, None),
 }
 
 FLAGS = flags.FLAGS

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy import special
 
-from deeplab2_kmax.layers import fused_gelu
+from deeplab2_kmax.kernels import gelu as fused_gelu
 from deeplab2_kmax.layers import normalization
 
 

@@ -1,4 +1,4 @@
-"""Formulations for code compiled by XLA (XLA:CPU), where XLA lowers an op poorly.
+"""Depthwise convolutions as shifted-slice sums, for code compiled by XLA (XLA:CPU).
 
 Under `tf.function(jit_compile=True)` every op goes through XLA, which lowers a
 depthwise convolution (an HLO `convolution` with `feature_group_count` = channels) on
@@ -14,52 +14,14 @@ R50 COCO forward under XLA, interleaved with graph mode in one process (medians,
 3.98 s). ConvNeXt's 7×7 depthwise convs gain alike (161²×96: 226 → 6.7 ms).
 
 Graph mode keeps the library op: the shifted sum is k² unfused passes over the
-activation there (138 ms at 161²). So `compiled_by_xla` picks the formulation; it is
-True while tracing under `jit_compile=True` on the TensorFlow backend (TF's own
-XLA control-flow context that `tf.function` enters for such a trace) and always on
+activation there (138 ms at 161²). So `policy.compiled_by_xla` picks the formulation; it
+is True while tracing under `jit_compile=True` on the TensorFlow backend and always on
 JAX (which compiles everything with XLA).
 """
 
-import keras
 from keras import ops
 
-
-def compiled_by_xla() -> bool:
-  """Whether the ops being built now will be compiled by XLA.
-
-  TensorFlow: True inside the trace of a `tf.function(jit_compile=True)` (also when
-  nested in a plain tf.function), False in eager and plain graph mode.
-  """
-  backend = keras.backend.backend()
-  if backend == "jax":
-    return True
-  if backend != "tensorflow":
-    return False
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.ops import control_flow_util  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
-  if tf.executing_eagerly():
-    return False
-  return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def tf_library_kernels() -> bool:
-  """Whether ops built now run as TensorFlow's own kernels: TF backend, outside XLA.
-
-  The condition of the TF-only fast paths that replace an op or its gradient by
-  another TF kernel (depthwise_gradient, resize).
-  """
-  return keras.backend.backend() == "tensorflow" and not compiled_by_xla()
-
-
-def _cpu_only() -> bool:
-  """Whether this process computes on CPUs only (no GPU/TPU for TF, or JAX on cpu)."""
-  backend = keras.backend.backend()
-  if backend == "jax":
-    import jax  # pylint: disable=g-import-not-at-top
-    return jax.default_backend() == "cpu"
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return not (tf.config.list_logical_devices("GPU") or
-              tf.config.list_logical_devices("TPU"))
+from deeplab2_kmax.kernels import policy
 
 
 def use_shifted_depthwise(training: bool) -> bool:
@@ -71,9 +33,9 @@ def use_shifted_depthwise(training: bool) -> bool:
   gradients (a 5×5 conv on 129²×256, forward + backward under jit_compile: 717 ->
   132 ms; 33²×256: 63 -> 11 ms); accelerators keep their library kernels for training.
   """
-  if not compiled_by_xla():
+  if not (policy.enabled() and policy.compiled_by_xla()):
     return False
-  return not training or _cpu_only()
+  return not training or policy.cpu_only()
 
 
 def _tap_slice(offset: int, total_pad: int):

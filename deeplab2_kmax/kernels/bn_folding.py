@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 
 from keras import ops
 
+from deeplab2_kmax.kernels import policy
+
 
 def uses_batch_statistics(bn, training) -> bool:
   """Whether `bn(x, training=training)` normalizes with the batch's own statistics.
@@ -52,3 +54,36 @@ def folded_scale(bn, training, dtype="float32"):
   e.g. per-head similarity BNs followed by a softmax over the other axes)."""
   affine = folded_affine(bn, training, dtype)
   return None if affine is None else affine[0]
+
+
+def linear_bn(linear, bn, x, training):
+  """`bn(linear(x))` with the BN folded into the kernel and bias, or None.
+
+  `linear` is a built keras Dense (any rank) or Conv2D (its own convolution_op); its
+  bias, if any, is folded too. None when fast paths are off or the BN uses batch
+  statistics (the caller runs the plain layers).
+  """
+  if not policy.enabled():
+    return None
+  affine = folded_affine(bn, training, x.dtype)
+  if affine is None:
+    return None
+  scale, shift = affine
+  kernel = ops.cast(linear.kernel, x.dtype) * scale
+  if getattr(linear, "use_bias", False):
+    shift = ops.cast(linear.bias, x.dtype) * scale + shift
+  if hasattr(linear, "convolution_op"):
+    return linear.convolution_op(x, kernel) + shift
+  return ops.matmul(x, kernel) + shift
+
+
+def scaled_mask_logits(bn, pixel_embeddings, mask_embeddings, training):
+  """einsum("bhwd,bnd->bhwn") followed by a one-channel BN over a trailing axis, with
+  the BN's single scale folded into the mask embeddings; or None."""
+  if not policy.enabled():
+    return None
+  affine = folded_affine(bn, training, mask_embeddings.dtype)
+  if affine is None:
+    return None
+  return ops.einsum("bhwd,bnd->bhwn", pixel_embeddings,
+                    mask_embeddings * affine[0]) + affine[1]

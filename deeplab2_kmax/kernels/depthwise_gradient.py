@@ -20,13 +20,14 @@ naive loops, and JAX differentiates the plain conv itself); `applies` says when.
 
 from keras import ops
 
-from deeplab2_kmax.layers import xla_paths
+from deeplab2_kmax.kernels import policy
+from deeplab2_kmax.kernels import shifted_depthwise
 
 
 def applies(kernel_size: int, strides: int, dilation_rate: int) -> bool:
   """Whether `depthwise_conv` should be used for a layer with these settings now."""
-  return (strides == 1 and dilation_rate == 1 and kernel_size % 2 == 1 and
-          xla_paths.tf_library_kernels())
+  return (policy.enabled() and strides == 1 and dilation_rate == 1 and
+          kernel_size % 2 == 1 and policy.tf_library_kernels())
 
 
 def kernel_gradient(x, dy, kernel_size: int):
@@ -53,7 +54,7 @@ def depthwise_conv(x, kernel, bias=None):
     bias: optional [C].
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  k = xla_paths.odd_square_kernel_size(kernel, "depthwise_conv")
+  k = shifted_depthwise.odd_square_kernel_size(kernel, "depthwise_conv")
   # The cast is outside the custom gradient, so the variable's gradient comes back in
   # its own dtype through the cast's gradient.
   kernel = tf.cast(kernel, x.dtype)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.layers import bn_folding
+from deeplab2_kmax.kernels import bn_folding
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import test_utils

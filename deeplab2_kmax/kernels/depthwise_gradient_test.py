@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax.layers import convolutions
-from deeplab2_kmax.layers import depthwise_gradient
+from deeplab2_kmax.kernels import depthwise_gradient
 
 
 def _value_and_grads(fn, x, kernel, bias, upstream):
@@ -87,10 +87,10 @@ def test_applies_only_to_stride1_undilated_outside_xla():
 
 
 def test_bad_kernels_are_refused_naming_the_function():
-  from deeplab2_kmax.layers import xla_paths  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.kernels import shifted_depthwise  # pylint: disable=g-import-not-at-top
   x = tf.zeros([1, 8, 8, 4])
   for shape in ((4, 4, 4, 1), (3, 5, 4, 1), (3, 3, 4, 2)):  # even, not square, mult 2
     with pytest.raises(ValueError, match=r"depthwise_conv: need a square odd"):
       depthwise_gradient.depthwise_conv(x, tf.zeros(shape))
     with pytest.raises(ValueError, match=r"shifted_depthwise_conv: need a square odd"):
-      xla_paths.shifted_depthwise_conv(x, tf.zeros(shape))
+      shifted_depthwise.shifted_depthwise_conv(x, tf.zeros(shape))
