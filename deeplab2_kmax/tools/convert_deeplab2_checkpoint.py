@@ -34,12 +34,12 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 import gin
 import numpy as np
 
 from data import ade20k_categories
+from data import cli
 from data import build_cityscapes_tfrecord
 from data.dataset_info import DatasetInfo
 from deeplab2_kmax import inference
@@ -94,15 +94,11 @@ def dataset_info_from_flags() -> DatasetInfo:
 
 def parse_config(gin_files, gin_bindings):
   if not gin_files:
-    raise ValueError("--gin_file: required (our config of the checkpoint's model, see "
-                     "docs/MODEL_ZOO.md)")
-  for path in gin_files:
-    if not os.path.isfile(path):
-      raise ValueError(f"--gin_file={path}: no such file")
+    raise cli.UserError("--gin_file: required (our config of the checkpoint's model, see "
+                        "docs/MODEL_ZOO.md)")
   if REPO_ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(REPO_ROOT)
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings),
-                                      skip_unknown=True)
+  cli.parse_gin(gin_files, gin_bindings, skip_unknown=True)
 
 
 def build(info: DatasetInfo):
@@ -205,13 +201,12 @@ def main(argv):
     if failed:
       print(f"error: --reference={FLAGS.reference}: {len(failed)} output(s) beyond "
             f"tolerance: {', '.join(failed[:5])}", file=sys.stderr)
-      return 1
+      sys.exit(1)
     return 0
   except (ValueError, deeplab2_checkpoint.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    raise cli.UserError(str(e)) from e
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)
