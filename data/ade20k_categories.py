@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from data.dataset_info import Category, DatasetInfo
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 
 DATASET_NAME = "ade20k_panoptic"
 NUM_CLASSES = 150

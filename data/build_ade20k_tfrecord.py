@@ -9,7 +9,7 @@ category ids must be the 0-based ADE20K-150 ids that Mask2Former's
 `prepare_ade20k_pan_seg.py` writes; category id t becomes train id t, deeplab2's class
 order (data/ade20k_categories.py). Label divisor 1000, ignore label 255.
 Bad input stops the conversion with one `error: ...` line naming the file and segment
-(exit status 2, `data/cli.py`); a different conversion of the split into --output_dir is
+(exit status 2, `deeplab2_kmax/core/cli.py`); a different conversion of the split into --output_dir is
 refused unless --overwrite (`data/converter.py`).
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
 from data import ade20k_categories  # pylint: disable=g-import-not-at-top
-from data import cli  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
 from data import converter  # pylint: disable=g-import-not-at-top
-from data.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
 from data.panoptic_io import DataValidationError  # pylint: disable=g-import-not-at-top
 
 IMAGE_FOLDERS = {"train": "training", "val": "validation"}

@@ -18,7 +18,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
-from data import cli  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
 from data import converter  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS

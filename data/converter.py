@@ -31,9 +31,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data import panoptic_io
-from data import safe_paths
+from deeplab2_kmax.core import safe_paths
 from data import tfrecord_format
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from data.panoptic_io import DataValidationError, LabelSpec
 
 

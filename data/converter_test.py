@@ -14,7 +14,7 @@ from data import converter
 from data import dump_tfrecord
 from data import make_synthetic
 from data import panoptic_io
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from data.panoptic_io import DataValidationError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
-from data import cli  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
 from data import panoptic_io  # pylint: disable=g-import-not-at-top
-from data import safe_paths  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core import safe_paths  # pylint: disable=g-import-not-at-top
 from data import tfrecord_format  # pylint: disable=g-import-not-at-top
-from data.cli import UserError  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core.cli import UserError  # pylint: disable=g-import-not-at-top
 from data.converter import label_spec  # pylint: disable=g-import-not-at-top
-from data.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 

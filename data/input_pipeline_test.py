@@ -7,7 +7,7 @@ from data import input_pipeline
 from data import panoptic_io
 from data import preprocessing
 from data import tfrecord_format
-from data.dataset_info import Category, DatasetInfo
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 from data.panoptic_targets import panoptic_targets
 
 D, IGNORE, C = 256, 255, 5

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
-from data import cli  # pylint: disable=g-import-not-at-top
+from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
 from data import panoptic_io
 
 # Non-contiguous ids (like COCO) so the id -> train id mapping is exercised.

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 
 MAX_PNG_VALUE = 256 ** 3 - 1
 # Image modes whose original bytes tf.io.decode_image(channels=3) decodes as intended.

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import tensorflow as tf
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"

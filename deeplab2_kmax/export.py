@@ -30,9 +30,9 @@ loaded object).
 Every signature runs `inference.PanopticPredictor.predict_image`, the function the
 Python path calls, so exported predictions equal the checkpoint's pixel for pixel;
 `--verify_tfrecord` checks this on a split after exporting (and fails otherwise).
-`--input_size` should be the config's eval crop size (`experiment_options.eval_crop_size`)
-so the exported model sees the evaluation's input; without it each image is padded to
-the next 32k+1 size.
+Without `--input_size` the config's eval input size (`eval_input_size.size`) is used,
+so the exported model sees the evaluation's input; a config without one pads each image
+to its next 32k+1 size.
 """
 import contextlib
 import itertools
@@ -44,7 +44,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax import inference
 
 OUTPUT_NAMES = {"panoptic": "panoptic_map", "semantic": "semantic_map",
@@ -116,7 +116,7 @@ def export_saved_model(predictor: inference.PanopticPredictor, info, output_dir:
                        version: Optional[int] = None) -> str:
   """Writes `output_dir/<version>/` atomically (a temporary folder renamed at the end,
   so TF Serving never sees a half-written version). Returns the version folder."""
-  from data.dataset_info import INFO_FILE_NAME
+  from deeplab2_kmax.core.dataset_info import INFO_FILE_NAME
 
   if not output_dir:
     raise UserError("--output_dir: required flag not set")
@@ -210,7 +210,7 @@ def parse_input_size(text: Optional[str]):
 
 def run(f) -> str:
   """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
-  from data.dataset_info import DatasetInfo
+  from deeplab2_kmax.core.dataset_info import DatasetInfo
 
   if not f.dataset_info:
     raise UserError("--dataset_info: required (the converter's dataset_info.json)")
@@ -258,6 +258,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from data import cli
+  from deeplab2_kmax.core import cli
   define_flags()
   cli.run(main)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax import export, inference
+from deeplab2_kmax.app import checkpoints
 from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 SIZES = [(33, 33), (40, 70), (71, 45), (97, 130)]
@@ -22,7 +23,7 @@ SIZES = [(33, 33), (40, 70), (71, 45), (97, 130)]
 CLIENT = r"""
 import importlib, json, sys
 sys.path[:0] = json.loads(sys.argv[1])
-for name in ("deeplab2_kmax", "data.dataset_info", "evaluation", "trainer"):
+for name in ("deeplab2_kmax", "data", "evaluation", "trainer"):
   try:
     importlib.import_module(name)
   except ImportError:
@@ -190,7 +191,7 @@ def write_tiny_checkpoint(folder):
   gin.clear_config()
   model(tf.zeros([1, 65, 65, 3]), training=False)
   # Every variable must be checkpointable (Keras 3 hides list-held layers from TF).
-  assert inference.untracked_variables(model) == []
+  assert checkpoints.untracked_variables(model) == []
   for v in model.variables:
     # A trained model's masks are confident (sharp mask logits); an untrained one's are
     # not and would give empty maps. Raise the learned temperature of the mask logits.
@@ -236,9 +237,9 @@ def test_export_cli_real_model_equals_python_path(tmp_path):
 
 def test_cli_errors_name_the_flag(tmp_path):
   with pytest.raises(ValueError, match="--checkpoint=.*no such checkpoint"):
-    inference.resolve_checkpoint(str(tmp_path / "ckpt-1"))
+    checkpoints.resolve_checkpoint(str(tmp_path / "ckpt-1"))
   with pytest.raises(ValueError, match="--checkpoint=.*holds no checkpoint"):
-    inference.resolve_checkpoint(str(tmp_path))
+    checkpoints.resolve_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="--gin_file=.*no such file"):
     inference.load_predictor([str(tmp_path / "x.gin")], [], "ckpt", _info())
 

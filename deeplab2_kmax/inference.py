@@ -31,36 +31,18 @@ from typing import Dict, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from data import preprocessing
-from data.cli import UserError
+from deeplab2_kmax.app import checkpoints
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core import geometry
+from deeplab2_kmax.core.geometry import check_input_size
+from deeplab2_kmax.core.geometry import padded_length
 from deeplab2_kmax.input_checks import guarded, inspect_encoded
+from deeplab2_kmax.post_processing import check_merger_stride
 
 PAD_VALUE = preprocessing.IMAGE_PAD_VALUE  # 127.5: 0 after the model's x / 127.5 - 1
-OUTPUT_STRIDE = 32
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 MAP_KEYS = ("panoptic", "semantic", "instance")
 SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores")
-
-
-def padded_length(length, stride: int = OUTPUT_STRIDE):
-  """Smallest `stride * k + 1 >= length` with k >= 1 (works on ints and int tensors)."""
-  k = (length - 1 + stride - 1) // stride
-  if isinstance(k, int):
-    return stride * max(k, 1) + 1
-  return stride * tf.maximum(k, 1) + 1
-
-
-def check_input_size(input_size: Optional[Sequence[int]]) -> Optional[Tuple[int, int]]:
-  """Validates `--input_size` (H, W): both must be 32k + 1 with k >= 1."""
-  if input_size is None:
-    return None
-  if len(input_size) != 2:
-    raise UserError(f"--input_size={input_size}: must be H,W")
-  height, width = (int(v) for v in input_size)
-  for v in (height, width):
-    if v < OUTPUT_STRIDE + 1 or (v - 1) % OUTPUT_STRIDE:
-      raise UserError(f"--input_size={height},{width}: values must be {OUTPUT_STRIDE}k+1 "
-                      "(e.g. 641, 1281)")
-  return height, width
 
 
 def prepare_image(image: tf.Tensor, input_size: Optional[Tuple[int, int]] = None):
@@ -105,19 +87,6 @@ def mask_stride(padded_size, mask_logits):
   from the shapes: a 32k+1 input gives a (32k / s) + 1 grid."""
   grid = tf.shape(mask_logits)[1:3]
   return (padded_size - 1) // tf.maximum(grid - 1, 1)
-
-
-def check_merger_stride(model, merger) -> None:
-  """Raises ValueError unless the merger's mask_stride is the model's output_stride
-  (checked where both are known: a KMaXDeepLab and a MaskWiseMerger)."""
-  model_stride = getattr(model, "output_stride", None)
-  merger_stride = getattr(merger, "mask_stride", None)
-  if model_stride is not None and merger_stride is not None and (
-      int(model_stride) != int(merger_stride)):
-    raise ValueError(
-        f"the merger's mask_stride={merger_stride} differs from the model's "
-        f"output_stride={model_stride} (the stride of its mask logits): build the merger "
-        "with MaskWiseMerger(..., mask_stride=model.output_stride)")
 
 
 class PanopticPredictor(tf.Module):
@@ -295,53 +264,6 @@ class PanopticPredictor(tf.Module):
         "{}", tf.shape(image_bytes)), checked, self._refused)
 
 
-def resolve_checkpoint(checkpoint: str) -> str:
-  """A checkpoint prefix (`model_dir/ckpt-300`) or a model_dir (its newest readable
-  checkpoint: the `ckpt-<n>` files decide, `checkpoint_files.newest_readable`)."""
-  from deeplab2_kmax import checkpoint_files
-
-  if not checkpoint:
-    raise UserError("--checkpoint: required (a prefix such as model_dir/ckpt-300)")
-  if tf.io.gfile.isdir(checkpoint):
-    latest = checkpoint_files.newest_readable(checkpoint)
-    if latest is None:
-      raise UserError(f"--checkpoint={checkpoint}: directory holds no checkpoint")
-    return latest
-  if not tf.io.gfile.exists(checkpoint + ".index"):
-    raise UserError(f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index "
-                    "is missing); pass a prefix such as model_dir/ckpt-300")
-  checkpoint_files.check_readable(checkpoint)
-  return checkpoint
-
-
-def untracked_variables(model):
-  """Paths of model variables that `tf.train.Checkpoint(model=model)` cannot see (and so
-  never saves nor restores), e.g. those of layers kept in plain Python lists under
-  Keras 3. Random-number generator states are ignored (inference draws none)."""
-  checkpoint = tf.train.Checkpoint(model=model)
-  tracked = {id(obj) for obj in tf.train.TrackableView(checkpoint).descendants()}
-  return [v.path for v in model.variables
-          if id(v) not in tracked and not v.path.endswith("seed_generator_state")]
-
-
-def restore_model(model, checkpoint: str, dummy_size: int = 65):
-  """Builds the model's variables on a dummy image, then restores `checkpoint` and
-  checks that every model variable received a value (a mismatch is one clear error)."""
-  from deeplab2_kmax import checkpoint_files
-
-  model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
-  prefix = resolve_checkpoint(checkpoint)
-  missing = untracked_variables(model)
-  if missing:
-    raise ValueError(
-        f"--checkpoint={prefix}: {len(missing)} of {len(model.variables)} model variables "
-        f"are invisible to tf.train.Checkpoint(model=model), so no checkpoint holds them "
-        f"(first: {missing[:3]}); under Keras 3, layers kept in Python lists are not "
-        "tracked by TF checkpoints: the model code must assign them as attributes")
-  checkpoint_files.restore(tf.train.Checkpoint(model=model), prefix, partial=True)
-  return prefix
-
-
 def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkpoint: str,
                    dataset_info, input_size=None,
                    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> "PanopticPredictor":
@@ -349,8 +271,8 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   Python path every CLI shares). A dataset_info.json beside the checkpoint (the
   trainer's copy) must agree with `dataset_info`."""
   import gin
-  from data import cli
-  from data import dataset_info as dataset_info_lib
+  from deeplab2_kmax.core import cli
+  from deeplab2_kmax.core import dataset_info as dataset_info_lib
   # Every gin-configurable module must be imported before parsing (gin locks the
   # config afterwards); model.py imports the backbones lazily.
   from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
@@ -365,15 +287,17 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   with gin.unlock_config():
     cli.parse_gin(gin_files, gin_bindings, skip_unknown=True)
   info = dataset_info_lib.as_dataset_info(dataset_info)
-  prefix = resolve_checkpoint(checkpoint)
+  prefix = checkpoints.resolve_checkpoint(checkpoint)
   if not isinstance(dataset_info, dataset_info_lib.DatasetInfo):
     dataset_info_lib.check_agrees(
         info, str(dataset_info), os.path.join(os.path.dirname(prefix), "dataset_info.json"),
         f"the checkpoint {prefix} was made with")
   model = build_model(num_classes=info.num_classes)
-  restore_model(model, prefix)
+  checkpoints.restore_model(model, prefix)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
                           label_divisor=info.label_divisor, ignore_label=info.ignore_label,
                           mask_stride=model.output_stride)
+  if input_size is None:  # the config's eval input size (None: each image's own size)
+    input_size = geometry.eval_input_size()
   return PanopticPredictor(model, merger, info.label_divisor, info.ignore_label,
                            input_size=input_size, max_image_pixels=max_image_pixels)

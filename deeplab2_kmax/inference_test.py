@@ -74,6 +74,8 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 import pytest  # noqa: E402
 
 from deeplab2_kmax import inference  # noqa: E402
+from deeplab2_kmax.app import checkpoints  # noqa: E402
+from deeplab2_kmax.core import geometry  # noqa: E402
 
 
 def _predictor(input_size=None):
@@ -82,9 +84,9 @@ def _predictor(input_size=None):
 
 
 def test_padded_length():
-  assert [inference.padded_length(n) for n in (1, 33, 34, 64, 65, 66, 641)] == \
+  assert [geometry.padded_length(n) for n in (1, 33, 34, 64, 65, 66, 641)] == \
       [33, 33, 65, 65, 65, 97, 641]
-  assert int(inference.padded_length(tf.constant(66))) == 97
+  assert int(geometry.padded_length(tf.constant(66))) == 97
   assert [inference.covering_grid(n, 4) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
   assert [inference.covering_grid(n, 2) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
   assert list(inference.mask_stride(tf.constant([65, 97]), tf.zeros([1, 17, 25, 2]))) == [4, 4]
@@ -92,12 +94,12 @@ def test_padded_length():
 
 
 def test_check_input_size_names_the_flag():
-  assert inference.check_input_size(None) is None
-  assert inference.check_input_size(["641", "513"]) == (641, 513)
+  assert geometry.check_input_size(None) is None
+  assert geometry.check_input_size(["641", "513"]) == (641, 513)
   with pytest.raises(ValueError, match="--input_size"):
-    inference.check_input_size((640, 641))
+    geometry.check_input_size((640, 641))
   with pytest.raises(ValueError, match="--input_size"):
-    inference.check_input_size((65,))
+    geometry.check_input_size((65,))
 
 
 def test_prepare_image_pads_with_mean_pixel():
@@ -210,15 +212,15 @@ def test_untracked_variables_are_refused(tmp_path):
 
   model = keras.Sequential([ListHolder()])
   model(tf.zeros([1, 5, 5, 3]))
-  assert inference.untracked_variables(model) == [v.path for v in model.variables[:4]]
+  assert checkpoints.untracked_variables(model) == [v.path for v in model.variables[:4]]
   prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
   with pytest.raises(ValueError, match="4 of 6 model variables are invisible"):
-    inference.restore_model(model, prefix)
+    checkpoints.restore_model(model, prefix)
   tiny = tiny_model()
-  assert inference.untracked_variables(tiny) == []
+  assert checkpoints.untracked_variables(tiny) == []
   prefix = tf.train.Checkpoint(model=tiny).write(str(tmp_path / "tiny-1"))
   restored = tiny_model(seed=1)
-  inference.restore_model(restored, prefix)
+  checkpoints.restore_model(restored, prefix)
   for a, b in zip(tiny.variables, restored.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -245,7 +247,7 @@ TINY_CITYSCAPES = [
 @pytest.mark.slow  # builds and checkpoints a tiny Cityscapes R50 model: ~20 s on 2 cores
 def test_stride2_cityscapes_model_predicts_maps_of_the_image_size(tmp_path):
   import gin
-  from data.dataset_info import Category, DatasetInfo
+  from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
   from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
   from deeplab2_kmax.model import build_model
   from deeplab2_kmax.post_processing import MaskWiseMerger
@@ -273,6 +275,8 @@ def test_stride2_cityscapes_model_predicts_maps_of_the_image_size(tmp_path):
   finally:
     gin.clear_config()
   assert merger.mask_stride == 2 and merger.thing_area_limit == 1
+  assert predictor.input_size == (1025, 2049)  # the config's eval_input_size
+  predictor = inference.PanopticPredictor(predictor.model, merger, 1000, IGNORE)
   for size in [(33, 65), (45, 38), (1, 1), (70, 41)]:
     image = random_image(*size, seed=size[0])
     pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}

@@ -273,3 +273,16 @@ class MaskWiseMerger:
         "segment_is_thing": valid & compact(thing_s, False),
         "num_segments": num_segments,
     }
+
+
+def check_merger_stride(model, merger) -> None:
+  """Raises ValueError unless the merger's mask_stride is the model's output_stride
+  (checked where both are known: a KMaXDeepLab and a MaskWiseMerger)."""
+  model_stride = getattr(model, "output_stride", None)
+  merger_stride = getattr(merger, "mask_stride", None)
+  if model_stride is not None and merger_stride is not None and (
+      int(model_stride) != int(merger_stride)):
+    raise ValueError(
+        f"the merger's mask_stride={merger_stride} differs from the model's "
+        f"output_stride={model_stride} (the stride of its mask logits): build the merger "
+        "with MaskWiseMerger(..., mask_stride=model.output_stride)")

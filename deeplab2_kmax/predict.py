@@ -23,8 +23,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from data.cli import UserError
-from deeplab2_kmax import inference, visualization
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax import inference
+from deeplab2_kmax.app import visualization
 
 
 def decode_image(data: bytes, path: str) -> np.ndarray:
@@ -37,7 +38,7 @@ def decode_image(data: bytes, path: str) -> np.ndarray:
 
 def saved_model_runner(path: str):
   """-> (DatasetInfo from the model's assets, fn(bytes, path) -> (image, prediction))."""
-  from data.dataset_info import DatasetInfo
+  from deeplab2_kmax.core.dataset_info import DatasetInfo
   from deeplab2_kmax.export import OUTPUT_NAMES, resolve_saved_model
 
   loaded = tf.saved_model.load(resolve_saved_model(path))
@@ -56,7 +57,7 @@ def saved_model_runner(path: str):
 
 def checkpoint_runner(gin_files, gin_bindings, checkpoint, dataset_info, input_size):
   """-> (DatasetInfo, fn(bytes, path) -> (image, prediction)) through the Python path."""
-  from data.dataset_info import DatasetInfo
+  from deeplab2_kmax.core.dataset_info import DatasetInfo
   from deeplab2_kmax.inference import load_predictor
 
   if not dataset_info:
@@ -177,6 +178,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from data import cli
+  from deeplab2_kmax.core import cli
   define_flags()
   cli.run(main)

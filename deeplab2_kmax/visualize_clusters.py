@@ -17,8 +17,9 @@ from typing import List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from data.cli import UserError
-from deeplab2_kmax import inference, visualization
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax import inference
+from deeplab2_kmax.app import visualization
 
 
 def cluster_maps(predictor: inference.PanopticPredictor, image: np.ndarray
@@ -66,7 +67,7 @@ def default_dataset_info(checkpoint: str) -> str:
 
 def run(f) -> str:
   """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
-  from data.dataset_info import DatasetInfo
+  from deeplab2_kmax.core.dataset_info import DatasetInfo
   from deeplab2_kmax.export import parse_input_size
   from deeplab2_kmax.predict import decode_image
 
@@ -110,6 +111,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from data import cli
+  from deeplab2_kmax.core import cli
   define_flags()
   cli.run(main)

@@ -14,8 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "synthetic", "kmax_tiny.gin")
-BINDINGS = ["experiment_options.eval_crop_size=(65, 65)",
-            "experiment_options.eval_batch_size=2"]
+BINDINGS = ["eval_input_size.size=(65, 65)"]
 
 
 @pytest.mark.slow
@@ -44,7 +43,7 @@ def test_evaluate_writes_predictions_and_metrics_matching_offline_cli(tmp_path):
   cmd = [sys.executable, os.path.join(ROOT, "evaluation", "evaluate.py"),
          f"--gin_file={TINY}", f"--checkpoint={prefix}", f"--output_dir={out}",
          f"--eval_tfrecord={data}/val-*", f"--dataset_info={data}/dataset_info.json",
-         "--write_groundtruth"] + [f"--gin_bindings={b}" for b in BINDINGS]
+         "--write_groundtruth", "--batch_size=2"] + [f"--gin_bindings={b}" for b in BINDINGS]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((out / "metrics.json").read_text())

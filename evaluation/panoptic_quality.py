@@ -160,7 +160,7 @@ class PanopticQualityAccumulator:
 
   @classmethod
   def from_dataset_info(cls, info) -> "PanopticQualityAccumulator":
-    """Builds from a data.dataset_info.DatasetInfo."""
+    """Builds from a deeplab2_kmax.core.dataset_info.DatasetInfo."""
     mapping = info.train_id_to_category_id
     mapping = mapping() if callable(mapping) else mapping
     return cls(info.num_classes, info.label_divisor, info.ignore_label,
@@ -243,6 +243,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from data import cli  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
   _define_flags()
   cli.run(main)

@@ -12,8 +12,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from data import safe_paths
-from data.cli import UserError
+from deeplab2_kmax.core import safe_paths
+from deeplab2_kmax.core.cli import UserError
 from evaluation import png_decode
 from evaluation import pq_core
 
@@ -217,7 +217,7 @@ def evaluate_pair(gt_ann: Dict, pred_ann: Dict, gt_folder: str, pred_folder: str
                   pred_json_name: str = "pred_json",
                   gt_json_name: str = "gt_json") -> pq_core.PQCounts:
   """PQ counts of one (gt, prediction) PNG pair, with panopticapi's sanity checks.
-  Each PNG must lie inside its folder (`data/safe_paths.py`)."""
+  Each PNG must lie inside its folder (`deeplab2_kmax/core/safe_paths.py`)."""
   num_cats = len(cat_index)
   image_id = gt_ann["image_id"]
   gt_path = _png_path(gt_folder, gt_ann, gt_json_name)

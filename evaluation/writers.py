@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from data import safe_paths
+from deeplab2_kmax.core import safe_paths
 
 
 def internal_to_segments(panoptic: np.ndarray, label_divisor: int, ignore_label: int,
@@ -87,7 +87,7 @@ class CocoPanopticWriter:
           scores: Optional[Dict[int, float]] = None, is_groundtruth: bool = False,
           source: str = "image id"):
     """Adds one image. `file_name` defaults to `<image_id>.png`; it must stay inside the
-    PNG folder (`data/safe_paths.py`); `source` (where the name came from, e.g. a
+    PNG folder (`deeplab2_kmax/core/safe_paths.py`); `source` (where the name came from, e.g. a
     flag) starts the error message otherwise."""
     ids, segments = internal_to_segments(panoptic, self.label_divisor, self.ignore_label,
                                          self.thing_train_ids,

@@ -1,5 +1,5 @@
 """Every CLI refuses bad input with one line `error: <file/flag>: <what>`, exit status 2
-and no traceback (data/cli.py)."""
+and no traceback (deeplab2_kmax/core/cli.py)."""
 import os
 import subprocess
 import sys

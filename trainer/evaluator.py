@@ -1,9 +1,5 @@
-"""Evaluation during/after training: model -> mask-wise merging -> PQ (+ mIoU).
-
-Each eval batch (padded to the eval size, `labels["original_size"]` kept) runs through
-the model once; every image is then merged at the padded size and cropped to its
-original size before merging (so padding never counts), and compared with its ground
-truth by the panopticapi-exact online accumulator. Results go to TensorBoard
+"""Evaluation during/after training: the one evaluation loop (app.evaluation) plus the
+trainer's outputs. Results go to TensorBoard
 (`<model_dir>/eval`) and `<model_dir>/eval/metrics.json` with keys pq, sq, rq, pq_th,
 pq_st, miou, step (fractions), plus per-class values.
 """
@@ -16,41 +12,10 @@ from typing import Optional, Sequence
 from absl import logging
 import gin
 import numpy as np
-import tensorflow as tf
-import tqdm
 
-from deeplab2_kmax.inference import check_merger_stride
-from deeplab2_kmax.post_processing import MaskWiseMerger
-from evaluation.panoptic_quality import PanopticQualityAccumulator
+from deeplab2_kmax.app import evaluation
+from deeplab2_kmax.app import visualization
 from trainer import summaries
-
-
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int,
-                     ignore_label: int):
-  """([C, C] counts of (gt class, predicted class), [C] gt pixels predicted void).
-
-  Only gt pixels that are not void count; a predicted void (any label >= C) is a miss
-  (a false negative) of the gt class.
-  """
-  gt = gt.reshape(-1).astype(np.int64)
-  pred = pred.reshape(-1).astype(np.int64)
-  keep = gt != ignore_label
-  gt, pred = gt[keep], pred[keep]
-  hit = pred < num_classes
-  cm = np.bincount(gt[hit] * num_classes + pred[hit], minlength=num_classes ** 2)
-  cm = cm.reshape(num_classes, num_classes)
-  missed = np.bincount(gt[~hit], minlength=num_classes)
-  return cm, missed
-
-
-def mean_iou(cm: np.ndarray, missed: np.ndarray) -> float:
-  """Mean over classes present in gt or prediction of TP / (TP + FP + FN)."""
-  tp = np.diag(cm).astype(np.float64)
-  fn = cm.sum(1) - tp + missed
-  fp = cm.sum(0) - tp
-  denom = tp + fp + fn
-  present = denom > 0
-  return float(np.mean(tp[present] / denom[present])) if present.any() else 0.0
 
 
 @gin.configurable(denylist=["model", "dataset_info", "model_dir"])
@@ -76,71 +41,29 @@ class Evaluator:
     self.eval_dir = os.path.join(model_dir, "eval")
     self.num_summary_images = num_summary_images
     self.max_examples = max_examples
-    self.merger = merger or MaskWiseMerger(
-        thing_train_ids=dataset_info.thing_train_ids,
-        label_divisor=dataset_info.label_divisor,
-        ignore_label=dataset_info.ignore_label, mask_stride=model.output_stride)
-    check_merger_stride(model, self.merger)
+    self.evaluation = evaluation.PanopticEvaluation(model, dataset_info, merger=merger)
     self.write_files = write_files
     self._writer = summaries.Writer(self.eval_dir, enabled=write_files)
-    self._predict = tf.function(lambda images: self.model(images, training=False))
-    self._merge = tf.function(self._merge_one, reduce_retracing=True)
 
-  def _merge_one(self, class_logits, mask_logits, output_size, original_size):
-    merged = self.merger({"class_logits": class_logits, "mask_logits": mask_logits},
-                         output_size=(output_size[0], output_size[1]),
-                         original_size=(original_size[0], original_size[1]))
-    return merged["panoptic"][0], merged["semantic"][0]
-
-  def evaluate(self, dataset: tf.data.Dataset, step: int) -> dict:
+  def evaluate(self, dataset, step: int) -> dict:
     """One pass over `dataset`; returns (and writes) the metrics dict."""
-    info = self.info
-    pq = PanopticQualityAccumulator.from_dataset_info(info)
-    cm = np.zeros((info.num_classes, info.num_classes), np.int64)
-    missed = np.zeros(info.num_classes, np.int64)
     pictures = []
-    count, start = 0, time.time()
-    bar = tqdm.tqdm(desc=f"eval @ step {step}", unit="img", total=self.max_examples,
-                    disable=not self.write_files, dynamic_ncols=True)
-    for features, labels in dataset:
-      images = features["image"]
-      outputs = self._predict(images)
-      padded = tf.shape(images)[1:3]
-      sizes = labels["original_size"].numpy()
-      gt_all = labels["panoptic"].numpy()
-      for i in range(images.shape[0]):
-        if self.max_examples is not None and count >= self.max_examples:
-          break
-        h, w = int(sizes[i][0]), int(sizes[i][1])
-        pred, pred_sem = self._merge(outputs["class_logits"][i:i + 1],
-                                     outputs["mask_logits"][i:i + 1], padded,
-                                     tf.constant([h, w], tf.int32))
-        pred = pred.numpy()
-        gt = gt_all[i, :h, :w]
-        pq.update(gt, pred)
-        c, m = confusion_matrix(gt // info.label_divisor, pred_sem.numpy(),
-                                info.num_classes, info.ignore_label)
-        cm += c
-        missed += m
-        if len(pictures) < self.num_summary_images:
-          pictures.append(self._picture(images[i].numpy()[:h, :w], gt, pred))
-        count += 1
-        bar.update(1)
-      if self.max_examples is not None and count >= self.max_examples:
-        break
-    bar.close()
-    if count == 0:
-      raise ValueError("the eval dataset is empty (check --eval_tfrecord)")
-    result = pq.result()
-    metrics = {"pq": result["All"]["pq"], "sq": result["All"]["sq"],
-               "rq": result["All"]["rq"], "pq_th": result["Things"]["pq"],
-               "pq_st": result["Stuff"]["pq"], "miou": mean_iou(cm, missed),
-               "step": int(step), "num_images": count,
-               "per_class": self._per_class(result)}
+
+    def keep_picture(image: evaluation.ImageResult):
+      if len(pictures) < self.num_summary_images:
+        pictures.append(self._picture(image.image, image.groundtruth, image.panoptic))
+
+    start = time.time()
+    full = self.evaluation.run(dataset, self.max_examples, on_image=keep_picture,
+                               description=f"eval @ step {step}",
+                               progress=self.write_files)
+    metrics = {k: full[k] for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou",
+                                    "num_images")}
+    metrics.update(step=int(step), per_class=self._per_class(full["panoptic_quality"]))
     logging.info("eval @ step %d on %d images (%.1f s): PQ %.4f SQ %.4f RQ %.4f "
-                 "PQ_th %.4f PQ_st %.4f mIoU %.4f", step, count, time.time() - start,
-                 metrics["pq"], metrics["sq"], metrics["rq"], metrics["pq_th"],
-                 metrics["pq_st"], metrics["miou"])
+                 "PQ_th %.4f PQ_st %.4f mIoU %.4f", step, metrics["num_images"],
+                 time.time() - start, metrics["pq"], metrics["sq"], metrics["rq"],
+                 metrics["pq_th"], metrics["pq_st"], metrics["miou"])
     self._write(metrics, pictures)
     return metrics
 
@@ -149,11 +72,13 @@ class Evaluator:
     return {names.get(k, k): v for k, v in result["per_class"].items()}
 
   def _picture(self, image, gt, pred) -> np.ndarray:
-    """image | ground truth | prediction, side by side."""
+    """image | ground truth | prediction (drawn over the image), side by side."""
     info = self.info
-    draw = lambda p: summaries.colorize_panoptic(p, info.colors, info.label_divisor,
-                                                 info.ignore_label, image=image)
-    return np.concatenate([image.astype(np.uint8), draw(gt), draw(pred)], axis=1)
+    names, colors = dict(enumerate(info.names)), dict(enumerate(info.colors))
+    draw = lambda p: visualization.overlay_panoptic(
+        np.asarray(image, np.uint8), p, info.label_divisor, info.ignore_label, names,
+        colors)
+    return np.concatenate([np.asarray(image, np.uint8), draw(gt), draw(pred)], axis=1)
 
   def _write(self, metrics: dict, pictures: Sequence[np.ndarray]) -> None:
     if not self.write_files:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.dataset_info import Category, DatasetInfo
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 from deeplab2_kmax.post_processing import MaskWiseMerger
 from trainer import evaluator as evaluator_lib
 from trainer import summaries
@@ -19,16 +19,6 @@ def _info():
           Category(id=5, train_id=1, name="square", isthing=1, color=(0, 200, 0)),
           Category(id=17, train_id=2, name="sky", isthing=0, color=(0, 0, 200))]
   return DatasetInfo(name="toy", label_divisor=D, ignore_label=255, categories=cats)
-
-
-def test_confusion_matrix_and_miou_by_hand():
-  gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
-  pred = np.array([[0, 1, 1, 1], [2, 255, 0, 2]])
-  cm, missed = evaluator_lib.confusion_matrix(gt, pred, 3, 255)
-  np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [0, 0, 1]])
-  np.testing.assert_array_equal(missed, [0, 0, 1])  # the gt-sky pixel predicted void
-  # IoU: class 0: 1/(1+0+1)=0.5; class 1: 2/(2+1+0)=2/3; class 2: 1/(1+0+1)=0.5
-  assert evaluator_lib.mean_iou(cm, missed) == pytest.approx((0.5 + 2 / 3 + 0.5) / 3)
 
 
 def _perfect_case():
@@ -87,17 +77,6 @@ def test_wrong_class_scores_zero(tmp_path):
   assert metrics["pq_th"] == 0.0 and metrics["pq_st"] == pytest.approx(1.0)
 
 
-def test_colorize_panoptic():
-  info = _info()
-  pan = np.array([[2 * D, 0 * D + 1, 0 * D + 2, 255 * D]])
-  rgb = summaries.colorize_panoptic(pan, info.colors, D, 255)
-  assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
-  np.testing.assert_array_equal(rgb[0, 0], [0, 0, 200])   # stuff: its colour
-  np.testing.assert_array_equal(rgb[0, 3], [0, 0, 0])     # void: black
-  assert not np.array_equal(rgb[0, 1], rgb[0, 2])         # two disks told apart
-  assert rgb[0, 1, 0] > 0 and rgb[0, 1, 1] == 0           # both stay red
-
-
 class _Stride2Model:
   """The perfect case on a stride-2 grid (9x9 for the 17x17 image), as the five-stage
   Cityscapes models output; tie (void in the gt) at pixel column 9."""
@@ -133,7 +112,7 @@ def test_default_merger_takes_the_model_output_stride(tmp_path):
     evaluator = evaluator_lib.Evaluator(_Stride2Model(), info, str(tmp_path))
   finally:
     gin.clear_config()
-  assert evaluator.merger.mask_stride == 2
+  assert evaluator.evaluation.merger.mask_stride == 2
   metrics = evaluator.evaluate(dataset, step=1)
   assert metrics["pq"] == pytest.approx(1.0) and metrics["miou"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="mask_stride=4 differs"):

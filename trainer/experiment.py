@@ -25,13 +25,14 @@ import gin
 import keras
 import tensorflow as tf
 
-from data import dataset_info as dataset_info_lib
+from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from data import input_pipeline
-from data.cli import UserError
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from data.input_pipeline import build_dataset
 from deeplab2_kmax import backbones  # pylint: disable=unused-import  (gin configurables)
-from deeplab2_kmax import checkpoint_files
+from deeplab2_kmax.app import checkpoints as checkpoint_files
+from deeplab2_kmax.core import geometry
 from deeplab2_kmax.losses.kmax_loss import KMaXLoss
 from deeplab2_kmax.model import build_model
 from trainer import distribution
@@ -59,11 +60,11 @@ def data_files(train_tfrecord: Optional[str] = None, eval_tfrecord: Optional[str
 
 @gin.configurable
 def experiment_options(eval_every: int = 0, eval_batch_size: int = 1,
-                       eval_crop_size=None, continuous_eval_timeout: int = 3600) -> dict:
-  """eval_every: steps between evals in train_and_eval (0: only at the end).
-  eval_crop_size: the padded eval size (None: build_dataset's crop_size binding)."""
+                       continuous_eval_timeout: int = 3600) -> dict:
+  """eval_every: steps between evals in train_and_eval (0: only at the end). The eval
+  input size is `eval_input_size.size` (core.geometry), shared with evaluate.py, export
+  and predict (unbound: build_dataset's crop_size)."""
   return dict(eval_every=eval_every, eval_batch_size=eval_batch_size,
-              eval_crop_size=eval_crop_size,
               continuous_eval_timeout=continuous_eval_timeout)
 
 
@@ -170,7 +171,8 @@ def run(mode: str, model_dir: str, files: DataFiles, train_steps: Optional[int] 
   evaluator, eval_dataset = None, None
   if mode != "train" and chief:
     eval_files = _need(files.eval_tfrecord, "eval_tfrecord", "the eval TFRecord glob")
-    kwargs = {"crop_size": options["eval_crop_size"]} if options["eval_crop_size"] else {}
+    size = geometry.eval_input_size()
+    kwargs = {"crop_size": size} if size else {}
     eval_dataset = build_dataset(eval_files, info, is_training=False,
                                  batch_size=options["eval_batch_size"], **kwargs)
     evaluator = evaluator_lib.Evaluator(model, info, model_dir, write_files=chief)

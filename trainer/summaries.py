@@ -7,7 +7,7 @@ go to `<model_dir>/train`, eval summaries to `<model_dir>/eval`.
 
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -65,29 +65,3 @@ def drop_history_after(path: str, step: int) -> None:
 def train_and_eval_writers(model_dir: str, enabled: bool = True):
   return (Writer(os.path.join(model_dir, "train"), enabled),
           Writer(os.path.join(model_dir, "eval"), enabled))
-
-
-def colorize_panoptic(panoptic: np.ndarray, colors: Sequence[Sequence[int]],
-                      label_divisor: int, ignore_label: int,
-                      image: Optional[np.ndarray] = None, alpha: float = 0.6) -> np.ndarray:
-  """Draws an internal-encoding panoptic map [H, W] as uint8 RGB [H, W, 3].
-
-  Each class gets its dataset colour; instances of a thing class are told apart by a
-  deterministic brightness jitter of that colour; void is black. With `image` the
-  drawing is blended over it (weight `alpha` on the labels).
-  """
-  panoptic = np.asarray(panoptic, np.int64)
-  semantic = panoptic // label_divisor
-  instance = panoptic % label_divisor
-  palette = np.zeros((max(len(colors), ignore_label) + 1, 3), np.float32)
-  palette[:len(colors)] = np.asarray(colors, np.float32).reshape(-1, 3)
-  valid = semantic < len(colors)
-  rgb = palette[np.where(valid, semantic, ignore_label)]
-  # Instance k of a thing: scale the colour by a factor in [0.55, 1.25).
-  jitter = np.where(instance > 0, 0.55 + ((instance * 37) % 17) / 17.0 * 0.7, 1.0)
-  rgb = np.clip(rgb * jitter[..., None], 0, 255)
-  rgb[~valid] = 0
-  if image is not None:
-    image = np.asarray(image, np.float32)[:rgb.shape[0], :rgb.shape[1]]
-    rgb = alpha * rgb + (1 - alpha) * image
-  return rgb.astype(np.uint8)

@@ -81,7 +81,7 @@ def main(argv):
   bindings = list(FLAGS.gin_bindings)
   if FLAGS.init_checkpoint:
     bindings.append(f"Trainer.init_checkpoint = {json.dumps(FLAGS.init_checkpoint)}")
-  from data import cli  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
   cli.parse_gin(FLAGS.gin_file, bindings)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -118,6 +118,6 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from data import cli  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)

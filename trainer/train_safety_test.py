@@ -14,7 +14,7 @@ from data import converter
 from data import input_pipeline
 from data import make_synthetic
 from data.cli_test import refusal_line
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from trainer.resume_safety_test import assert_same_tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

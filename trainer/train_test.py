@@ -52,7 +52,7 @@ def test_train_and_eval_then_eval_mode_end_to_end(tmp_path):
             f"--eval_tfrecord={tfr}/val-*.tfrecord",
             "--gin_bindings=build_dataset.crop_size = (65, 65)",
             "--gin_bindings=build_dataset.batch_size = 2",
-            "--gin_bindings=experiment_options.eval_crop_size = (65, 65)",
+            "--gin_bindings=eval_input_size.size = (65, 65)",
             "--gin_bindings=Trainer.steps_per_loop = 2"]
   proc = _train(*common, "--mode=train_and_eval", f"--train_tfrecord={tfr}/train-*",
                 "--train_steps=3", "--seed=1")

@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from deeplab2_kmax import inference
+from deeplab2_kmax import post_processing
 from deeplab2_kmax.conversion import label_space as label_space_lib
 
 RELATIVE_TOLERANCE = 1e-3   # of the reference's largest magnitude
@@ -43,7 +43,7 @@ def deeplab2_outputs(model, merger, space: label_space_lib.LabelSpace, image: np
   """
   for merge in (merger, no_area_limit_merger):
     if merge is not None:
-      inference.check_merger_stride(model, merge)
+      post_processing.check_merger_stride(model, merge)
   image = np.asarray(image, np.float32)
   outputs = model(image, training=False)
   result = {}

@@ -10,7 +10,7 @@ import tensorflow as tf
 from data import input_pipeline
 from data import panoptic_io
 from data import tfrecord_format
-from data.dataset_info import Category, DatasetInfo
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 from deeplab2_kmax import model as model_lib
 from deeplab2_kmax import post_processing  # noqa: F401  (gin: MaskWiseMerger)
 from deeplab2_kmax.losses.kmax_loss import KMaXLoss

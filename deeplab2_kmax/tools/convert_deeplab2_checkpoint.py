@@ -39,10 +39,10 @@ import gin
 import numpy as np
 
 from data import ade20k_categories
-from data import cli
+from deeplab2_kmax.core import cli
 from data import build_cityscapes_tfrecord
-from data.dataset_info import DatasetInfo
-from deeplab2_kmax import inference
+from deeplab2_kmax.core.dataset_info import DatasetInfo
+from deeplab2_kmax.app import checkpoints
 from deeplab2_kmax import model as model_lib
 from deeplab2_kmax import post_processing
 from deeplab2_kmax.conversion import convert
@@ -121,7 +121,7 @@ def mergers(info: DatasetInfo, mask_stride: int):
 def run_outputs(prefix: str, info: DatasetInfo, space, image) -> dict:
   """deeplab2-named outputs of the written checkpoint, restored as every CLI does."""
   model = model_lib.build_model(num_classes=info.num_classes)
-  inference.restore_model(model, prefix)
+  checkpoints.restore_model(model, prefix)
   merger, no_limit = mergers(info, model.output_stride)
   return parity.deeplab2_outputs(model, merger, space, image, info.label_divisor,
                                  info.ignore_label, no_limit)

@@ -217,6 +217,7 @@ def register_configurables():
   from deeplab2_kmax import backbones
   from deeplab2_kmax import model
   from deeplab2_kmax import post_processing
+  from deeplab2_kmax.core import geometry
 
 
 def stats_for_config(gin_files: List[str], bindings: Sequence[str] = (),
@@ -286,6 +287,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from data import cli  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)

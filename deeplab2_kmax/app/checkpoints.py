@@ -10,6 +10,8 @@
   without TensorFlow's warning per unrestored value.
 * `newest_readable(model_dir)`: the newest checkpoint that reads, with a warning naming
   each newer one that does not.
+* `resolve_checkpoint` / `restore_model`: the one way the CLIs and the evaluation find
+  and restore a model's checkpoint (a prefix or a model_dir).
 Used by the trainer (resume), evaluation and the inference CLIs.
 """
 import logging
@@ -19,7 +21,7 @@ from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 
 _INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
@@ -115,3 +117,46 @@ def newest_readable(model_dir: str,
     raise CheckpointUnreadableError(f"{model_dir}: none of its {len(found)} checkpoints "
                                     f"reads (newest: {errors[0]})")
   return None
+
+
+def resolve_checkpoint(checkpoint: str) -> str:
+  """A checkpoint prefix (`model_dir/ckpt-300`) or a model_dir (its newest readable
+  checkpoint: the `ckpt-<n>` files decide, `newest_readable`)."""
+  if not checkpoint:
+    raise UserError("--checkpoint: required (a prefix such as model_dir/ckpt-300)")
+  if tf.io.gfile.isdir(checkpoint):
+    latest = newest_readable(checkpoint)
+    if latest is None:
+      raise UserError(f"--checkpoint={checkpoint}: directory holds no checkpoint")
+    return latest
+  if not tf.io.gfile.exists(checkpoint + ".index"):
+    raise UserError(f"--checkpoint={checkpoint}: no such checkpoint ({checkpoint}.index "
+                    "is missing); pass a prefix such as model_dir/ckpt-300")
+  check_readable(checkpoint)
+  return checkpoint
+
+
+def untracked_variables(model):
+  """Paths of model variables that `tf.train.Checkpoint(model=model)` cannot see (and so
+  never saves nor restores), e.g. those of layers kept in plain Python lists under
+  Keras 3. Random-number generator states are ignored (inference draws none)."""
+  checkpoint = tf.train.Checkpoint(model=model)
+  tracked = {id(obj) for obj in tf.train.TrackableView(checkpoint).descendants()}
+  return [v.path for v in model.variables
+          if id(v) not in tracked and not v.path.endswith("seed_generator_state")]
+
+
+def restore_model(model, checkpoint: str, dummy_size: int = 65):
+  """Builds the model's variables on a dummy image, then restores `checkpoint` and
+  checks that every model variable received a value (a mismatch is one clear error)."""
+  model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
+  prefix = resolve_checkpoint(checkpoint)
+  missing = untracked_variables(model)
+  if missing:
+    raise ValueError(
+        f"--checkpoint={prefix}: {len(missing)} of {len(model.variables)} model variables "
+        f"are invisible to tf.train.Checkpoint(model=model), so no checkpoint holds them "
+        f"(first: {missing[:3]}); under Keras 3, layers kept in Python lists are not "
+        "tracked by TF checkpoints: the model code must assign them as attributes")
+  restore(tf.train.Checkpoint(model=model), prefix, partial=True)
+  return prefix

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 
 
 class PathOutsideFolderError(UserError):

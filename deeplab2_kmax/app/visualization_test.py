@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab2_kmax import visualization as vis
+from deeplab2_kmax.app import visualization as vis
 
 D = 256
 VOID = 255 * D

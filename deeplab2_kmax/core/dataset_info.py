@@ -28,7 +28,7 @@ import json
 import os
 from typing import Any
 
-from data.cli import UserError
+from deeplab2_kmax.core.cli import UserError
 
 INFO_FILE_NAME = "dataset_info.json"
 

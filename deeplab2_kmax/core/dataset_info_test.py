@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from data.dataset_info import DatasetInfo, as_dataset_info
+from deeplab2_kmax.core.dataset_info import DatasetInfo, as_dataset_info
 
 COCO_LIKE = [{"id": 40, "name": "wall", "isthing": 0},
              {"id": 3, "name": "car", "isthing": 1, "color": [1, 2, 3]},

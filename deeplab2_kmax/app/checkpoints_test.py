@@ -1,4 +1,4 @@
-"""checkpoint_files: the ckpt-N files decide, damaged ones are named, a mismatch is one
+"""app.checkpoints: the ckpt-N files decide, damaged ones are named, a mismatch is one
 line without TensorFlow's warning per unrestored value (evaluate.py printed ~860)."""
 import gc
 import logging
@@ -7,8 +7,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import checkpoint_files
-from deeplab2_kmax import inference
+from deeplab2_kmax.app import checkpoints
 
 
 def _model(width):
@@ -34,8 +33,8 @@ def model_dir(tmp_path_factory):
 def test_numbered_ignores_the_state_file(model_dir):
   (model_dir / "checkpoint").rename(model_dir / "checkpoint.moved")
   try:
-    assert [n for n, _ in checkpoint_files.numbered(str(model_dir))] == [10, 4, 2]
-    assert checkpoint_files.newest_readable(str(model_dir)).endswith("ckpt-10")
+    assert [n for n, _ in checkpoints.numbered(str(model_dir))] == [10, 4, 2]
+    assert checkpoints.newest_readable(str(model_dir)).endswith("ckpt-10")
   finally:
     (model_dir / "checkpoint.moved").rename(model_dir / "checkpoint")
 
@@ -45,24 +44,24 @@ def test_damaged_newest_is_named_and_skipped(model_dir, tmp_path):
   folder = shutil.copytree(model_dir, tmp_path / "m")
   data = folder / "ckpt-10.data-00000-of-00001"
   data.write_bytes(data.read_bytes()[:50])
-  with pytest.raises(checkpoint_files.CheckpointUnreadableError,
+  with pytest.raises(checkpoints.CheckpointUnreadableError,
                      match=rf"^{folder}/ckpt-10: unreadable checkpoint"):
-    checkpoint_files.check_readable(str(folder / "ckpt-10"))
+    checkpoints.check_readable(str(folder / "ckpt-10"))
   warnings = []
-  assert checkpoint_files.newest_readable(str(folder), warnings.append).endswith("ckpt-4")
+  assert checkpoints.newest_readable(str(folder), warnings.append).endswith("ckpt-4")
   assert len(warnings) == 1 and "ckpt-10: unreadable" in warnings[0]
-  assert inference.resolve_checkpoint(str(folder)).endswith("ckpt-4")
+  assert checkpoints.resolve_checkpoint(str(folder)).endswith("ckpt-4")
 
 
 def test_mismatch_is_one_line_without_a_warning_per_value(model_dir, caplog):
   prefix = str(model_dir / "ckpt-10")
   with caplog.at_level(logging.WARNING):
-    with pytest.raises(checkpoint_files.CheckpointMismatchError,
+    with pytest.raises(checkpoints.CheckpointMismatchError,
                        match=rf"^{prefix}: does not match the model .*shape") as err:
-      checkpoint_files.restore(tf.train.Checkpoint(model=_model(6)), prefix, partial=True)
+      checkpoints.restore(tf.train.Checkpoint(model=_model(6)), prefix, partial=True)
     gc.collect()
   assert "\n" not in str(err.value)
   assert not [r for r in caplog.records if "could not be found" in r.getMessage()
               or "unrestored values" in r.getMessage()], len(caplog.records)
   # the matching model restores (the optimizer's values are not needed)
-  checkpoint_files.restore(tf.train.Checkpoint(model=_model(4)), prefix, partial=True)
+  checkpoints.restore(tf.train.Checkpoint(model=_model(4)), prefix, partial=True)

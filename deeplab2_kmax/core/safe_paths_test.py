@@ -12,11 +12,11 @@ from data import converter
 from data import dump_tfrecord
 from data import make_synthetic
 from data import tfrecord_format
-from data.dataset_info import DatasetInfo
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 
 
 def test_inside_allows_subfolders_and_refuses_escapes(tmp_path):
-  from data import safe_paths  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.core import safe_paths  # pylint: disable=g-import-not-at-top
   folder = tmp_path / "data"
   (folder / "sub").mkdir(parents=True)
   (tmp_path / "outside").mkdir()

@@ -1,4 +1,4 @@
-"""data/cli.py: refusals are one line `error: <file/flag>: <what>`, exit status 2, no
+"""deeplab2_kmax/core/cli.py: refusals are one line `error: <file/flag>: <what>`, exit status 2, no
 traceback (unless --verbose); bugs keep their traceback."""
 import os
 import re
@@ -24,7 +24,7 @@ def refusal_line(proc, pattern: str, code: int = 2) -> str:
 _SCRIPT = textwrap.dedent("""
     import sys
     from absl import flags
-    from data import cli
+    from deeplab2_kmax.core import cli
     flags.DEFINE_string("path", None, "a path")
     flags.mark_flag_as_required("path")
     def main(argv):
