@@ -90,11 +90,9 @@ def matmul_gflops(size: int, repeats: int, dtype=tf.float32) -> float:
 
 
 def build_model():
-  from deeplab2_kmax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from deeplab2_kmax.tools import model_stats  # pylint: disable=g-import-not-at-top
-  model_stats.register_configurables()
-  gin.add_config_file_search_path(model_stats.REPO_ROOT)
-  gin.parse_config_files_and_bindings([FLAGS.gin_file], FLAGS.gin_bindings)
+  from deeplab2_kmax import model as model_lib  # lazy: after the TF log level is set
+  from deeplab2_kmax.app import configs  # lazy: after the TF log level is set
+  configs.parse_config([FLAGS.gin_file], FLAGS.gin_bindings)
   model = model_lib.build_model(num_classes=FLAGS.num_classes,
                                 dtype_policy=FLAGS.dtype_policy)
   model(np.zeros((1, 65, 65, 3), "float32"), training=False)

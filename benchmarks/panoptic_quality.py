@@ -28,9 +28,8 @@ import time
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from evaluation import panoptic_quality as pqm  # pylint: disable=g-import-not-at-top
-from evaluation import writers  # pylint: disable=g-import-not-at-top
+from evaluation import panoptic_quality as pqm
+from evaluation import writers
 
 STUFF = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23]
 THING = [24, 25, 26, 27, 28, 31, 32, 33]
@@ -122,7 +121,7 @@ def _max_diff(a, b):
 def _panopticapi(files):
   """panopticapi's single-process pq_compute on the same files (None if not importable)."""
   try:
-    from panopticapi import evaluation as papi  # pylint: disable=g-import-not-at-top
+    from panopticapi import evaluation as papi
   except ImportError:
     return None
   with open(files["gt_json_file"]) as f:

@@ -15,19 +15,16 @@ refused unless --overwrite (`data/converter.py`).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Any, Sequence
 
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
-
-from data import ade20k_categories  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
-from data import converter  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
-from data.panoptic_io import DataValidationError  # pylint: disable=g-import-not-at-top
+from data import ade20k_categories
+from data import converter
+from data.panoptic_io import DataValidationError
+from deeplab2_kmax.core import cli
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 
 IMAGE_FOLDERS = {"train": "training", "val": "validation"}
 
@@ -90,6 +87,11 @@ def main(argv):
         f"({n / max(seconds, 1e-9):.1f} examples/s)")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

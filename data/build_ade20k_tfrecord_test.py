@@ -12,8 +12,8 @@ from PIL import Image
 from data import ade20k_categories as ade
 from data import build_ade20k_tfrecord as build
 from data import panoptic_io
-from data import tfrecord_format
 from data.panoptic_io import DataValidationError
+from data import tfrecord_format
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 1000

@@ -11,17 +11,14 @@ map to the 19 trainIds (8 thing classes). Label divisor 1000, ignore label 255.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
-
-from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
-from data import converter  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core.dataset_info import Category, DatasetInfo  # pylint: disable=g-import-not-at-top
-from data.panoptic_io import DataValidationError  # pylint: disable=g-import-not-at-top
+from data import converter
+from data.panoptic_io import DataValidationError
+from deeplab2_kmax.core import cli
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 
 LABEL_DIVISOR = 1000
 IGNORE_LABEL = 255
@@ -104,6 +101,11 @@ def main(argv):
         f"({n / max(seconds, 1e-9):.1f} examples/s)")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -10,8 +10,8 @@ from PIL import Image
 from data import build_cityscapes_tfrecord as cs
 from data import dump_tfrecord
 from data import panoptic_io
-from data import tfrecord_format
 from data.panoptic_io import DataValidationError
+from data import tfrecord_format
 
 NAMES = ["aachen_000000_000019", "aachen_000001_000019", "bremen_000000_000019"]
 

@@ -11,15 +11,12 @@ folder is refused unless --overwrite. Refusals print one line `error: <file/flag
 (exit status 2; --verbose for the traceback).
 """
 import os
-import sys
 import time
 
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
-
-from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
-from data import converter  # pylint: disable=g-import-not-at-top
+from data import converter
+from deeplab2_kmax.core import cli
 
 FLAGS = flags.FLAGS
 
@@ -55,6 +52,11 @@ def main(argv):
         f"({n / max(seconds, 1e-9):.1f} examples/s)")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

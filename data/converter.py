@@ -31,10 +31,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from data import panoptic_io
-from deeplab2_kmax.core import safe_paths
+from data.panoptic_io import DataValidationError, LabelSpec
 from data import tfrecord_format
 from deeplab2_kmax.core.dataset_info import DatasetInfo
-from data.panoptic_io import DataValidationError, LabelSpec
+from deeplab2_kmax.core import safe_paths
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from data import converter
 from data import dump_tfrecord
 from data import make_synthetic
 from data import panoptic_io
-from deeplab2_kmax.core.dataset_info import DatasetInfo
 from data.panoptic_io import DataValidationError
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

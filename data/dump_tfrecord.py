@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import tensorflow as tf
 from absl import flags
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
-from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
-from data import panoptic_io  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core import safe_paths  # pylint: disable=g-import-not-at-top
-from data import tfrecord_format  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core.cli import UserError  # pylint: disable=g-import-not-at-top
-from data.converter import label_spec  # pylint: disable=g-import-not-at-top
-from deeplab2_kmax.core.dataset_info import DatasetInfo  # pylint: disable=g-import-not-at-top
+from data.converter import label_spec
+from data import panoptic_io
+from data import tfrecord_format
+from deeplab2_kmax.core import cli
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core.dataset_info import DatasetInfo
+from deeplab2_kmax.core import safe_paths
 
 FLAGS = flags.FLAGS
 
@@ -103,6 +101,11 @@ def main(argv):
   print(f"wrote {path}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

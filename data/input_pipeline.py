@@ -36,12 +36,12 @@ import gin
 import tensorflow as tf
 
 from data import converter
-from deeplab2_kmax.core import dataset_info as dataset_info_lib
+from data.panoptic_targets import panoptic_targets
 from data import preprocessing
 from data import tfrecord_format
 from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from deeplab2_kmax.core.dataset_info import DatasetInfo, as_dataset_info
-from data.panoptic_targets import panoptic_targets
 
 LABEL_MISMATCH = "does not match dataset_info"
 

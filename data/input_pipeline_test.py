@@ -5,10 +5,10 @@ import tensorflow as tf
 
 from data import input_pipeline
 from data import panoptic_io
+from data.panoptic_targets import panoptic_targets
 from data import preprocessing
 from data import tfrecord_format
 from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
-from data.panoptic_targets import panoptic_targets
 
 D, IGNORE, C = 256, 255, 5
 VOID = IGNORE * D

@@ -20,17 +20,15 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import sys
 
 import numpy as np
 from absl import flags
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree first
 
-from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
 from data import panoptic_io
+from deeplab2_kmax.core import cli
 
 # Non-contiguous ids (like COCO) so the id -> train id mapping is exercised.
 CATEGORIES = [
@@ -229,6 +227,11 @@ def main(argv):
           f"--panoptic_dir={path[:-5]} --output_dir=OUT --split={split} --num_shards=2")
 
 
-if __name__ == "__main__":
+def run():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

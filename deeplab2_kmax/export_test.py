@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.app import checkpoints
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax import export, inference
-from deeplab2_kmax.app import checkpoints
 from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 SIZES = [(33, 33), (40, 70), (71, 45), (97, 130)]

@@ -73,9 +73,9 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- tests
 import pytest  # noqa: E402
 
-from deeplab2_kmax import inference  # noqa: E402
 from deeplab2_kmax.app import checkpoints  # noqa: E402
 from deeplab2_kmax.core import geometry  # noqa: E402
+from deeplab2_kmax import inference  # noqa: E402
 
 
 def _predictor(input_size=None):

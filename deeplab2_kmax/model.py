@@ -32,54 +32,14 @@ from keras import ops
 
 from deeplab2_kmax import backbones
 from deeplab2_kmax import heads
+from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import resize
+from deeplab2_kmax.layers import tracking
 from deeplab2_kmax import pixel_decoder as pixel_decoder_lib
 from deeplab2_kmax import semantic_decoder as semantic_decoder_lib
 from deeplab2_kmax import transformer_decoder as transformer_decoder_lib
-from deeplab2_kmax.layers import normalization
-from deeplab2_kmax.layers import resize
 
 _RESIZED_AUX_KEYS = ("mask_logits", "pixel_embeddings")
-# Keras' registry of sub-layers and TF's dependency tables: every layer in them is
-# also reachable through the attribute that holds it.
-_KERAS_INTERNAL_LISTS = ("_layers",)
-_TF_INTERNAL_PREFIX = "_self_"
-
-
-def list_held_layers(root: keras.layers.Layer) -> dict:
-  """Layers that are reachable from `root` only through lists/tuples/dicts.
-
-  Keras 3 wraps list attributes in its own tracked collections, which
-  tf.train.Checkpoint does not follow, so layers kept in lists (decoder layers,
-  blocks, fusions, ...) would silently be missing from checkpoints. Returns
-  {"<attribute path>/<index or key>": layer} for every such layer in the whole tree
-  (including the backbone), keyed by attribute names and positions only, so the keys
-  do not depend on Keras' auto-generated layer names.
-  """
-  found, seen = {}, set()
-
-  def visit(layer, prefix):
-    if id(layer) in seen:
-      return
-    seen.add(id(layer))
-    for attr, value in sorted(vars(layer).items()):
-      if attr in _KERAS_INTERNAL_LISTS or attr.startswith(_TF_INTERNAL_PREFIX):
-        continue
-      if isinstance(value, keras.layers.Layer):
-        visit(value, f"{prefix}{attr}/")
-      elif isinstance(value, (list, tuple, dict)):
-        visit_collection(value, f"{prefix}{attr}")
-
-  def visit_collection(value, prefix):
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in items:
-      if isinstance(item, keras.layers.Layer):
-        found.setdefault(f"{prefix}/{key}", item)
-        visit(item, f"{prefix}/{key}/")
-      elif isinstance(item, (list, tuple, dict)):
-        visit_collection(item, f"{prefix}/{key}")
-
-  visit(root, "")
-  return found
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -254,7 +214,7 @@ class KMaXDeepLab(keras.Model):
     return outputs
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):
-    """Adds the list-held sub-layers (see `list_held_layers`) to checkpoints.
+    """Adds the list-held sub-layers (see `tracking.list_held_layers`) to checkpoints.
 
     Every layer class that keeps sub-layers in lists now tracks them itself
     (layers.tracking.TrackListHeldLayers), so sub-layer checkpoints are complete; these
@@ -263,7 +223,7 @@ class KMaXDeepLab(keras.Model):
     """
     children = super()._trackable_children(save_type, **kwargs)
     if save_type == "checkpoint":
-      for key, layer in list_held_layers(self).items():
+      for key, layer in tracking.list_held_layers(self).items():
         children.setdefault(f"listed/{key}", layer)
     return children
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import model as model_lib
 from deeplab2_kmax.layers import test_utils
+from deeplab2_kmax.layers import tracking
+from deeplab2_kmax import model as model_lib
 
 TINY = test_utils.TINY_MODEL_KWARGS
 
@@ -188,7 +189,7 @@ def test_checkpoint_round_trip_covers_list_held_layers(tiny_model, tmp_path):
   for key in ("class_logits", "mask_logits"):
     np.testing.assert_array_equal(np.asarray(fresh(images)[key]),
                                   np.asarray(tiny_model(images)[key]))
-  keys = model_lib.list_held_layers(fresh)
+  keys = tracking.list_held_layers(fresh)
   assert "backbone/convs/0" in keys and "transformer_decoder/decoder_layers/2" in keys
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from deeplab2_kmax import pixel_decoder
 from deeplab2_kmax.layers import test_utils
+from deeplab2_kmax import pixel_decoder
 
 TINY = dict(dims=(8, 8, 4, 4), num_blocks=(1, 2, 1, 1), num_heads=2)
 CITYSCAPES_TINY = dict(dims=(8, 8, 4, 4, 2), num_blocks=(1, 1, 1, 1, 1),

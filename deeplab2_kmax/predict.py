@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from deeplab2_kmax.app import visualization
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax import inference
-from deeplab2_kmax.app import visualization
 
 
 def decode_image(data: bytes, path: str) -> np.ndarray:

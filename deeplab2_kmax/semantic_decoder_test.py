@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from deeplab2_kmax import semantic_decoder
 from deeplab2_kmax.layers import test_utils
+from deeplab2_kmax import semantic_decoder
 
 
 def _endpoints(channels=(8, 12, 16, 20), sizes=(9, 5, 3, 2), seed=0):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from deeplab2_kmax import transformer_decoder
 from deeplab2_kmax.layers import test_utils
+from deeplab2_kmax import transformer_decoder
 
 TINY = dict(channels=16, bottleneck_channels=16, key_depth=8, value_depth=16,
             num_heads=2, ffn_channels=32, embedding_dim=8, pixel_head_channels=16)

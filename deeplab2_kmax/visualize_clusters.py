@@ -17,9 +17,9 @@ from typing import List, Tuple
 import numpy as np
 import tensorflow as tf
 
+from deeplab2_kmax.app import visualization
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax import inference
-from deeplab2_kmax.app import visualization
 
 
 def cluster_maps(predictor: inference.PanopticPredictor, image: np.ndarray

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab2_kmax import inference, visualize_clusters
 from deeplab2_kmax.export_test import TINY_GIN, _info, run_cli, write_tiny_checkpoint
+from deeplab2_kmax import inference, visualize_clusters
 from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from evaluation import panoptic_quality as pqm
-from evaluation import writers
 from evaluation.panoptic_quality_test import _write
+from evaluation import writers
 
 
 def _pair(tmp_path):

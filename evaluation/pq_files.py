@@ -12,8 +12,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from deeplab2_kmax.core import safe_paths
 from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core import safe_paths
 from evaluation import png_decode
 from evaluation import pq_core
 

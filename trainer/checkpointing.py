@@ -25,8 +25,8 @@ from typing import Mapping, Optional
 from absl import logging
 import tensorflow as tf
 
-from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.app import checkpoints as checkpoint_files
+from deeplab2_kmax.core.cli import UserError
 
 
 class NonFiniteLossError(RuntimeError):

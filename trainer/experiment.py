@@ -25,13 +25,13 @@ import gin
 import keras
 import tensorflow as tf
 
-from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from data import input_pipeline
-from deeplab2_kmax.core.cli import UserError
-from deeplab2_kmax.core.dataset_info import DatasetInfo
 from data.input_pipeline import build_dataset
-from deeplab2_kmax import backbones  # pylint: disable=unused-import  (gin configurables)
 from deeplab2_kmax.app import checkpoints as checkpoint_files
+from deeplab2_kmax import backbones  # pylint: disable=unused-import  (gin configurables)
+from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.core import dataset_info as dataset_info_lib
+from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax.core import geometry
 from deeplab2_kmax.losses.kmax_loss import KMaXLoss
 from deeplab2_kmax.model import build_model

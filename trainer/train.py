@@ -32,6 +32,13 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import gin
+import tensorflow as tf
+
+from deeplab2_kmax.core import cli
+from trainer import checkpointing
+from trainer import distribution
+from trainer import experiment
 
 FLAGS = flags.FLAGS
 
@@ -70,18 +77,11 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"{argv[1]}: unexpected argument")
-  import gin  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
-  from trainer import distribution  # pylint: disable=g-import-not-at-top
-  from trainer import experiment  # pylint: disable=g-import-not-at-top
-
   if os.path.exists(FLAGS.model_dir) and not os.path.isdir(FLAGS.model_dir):
     raise app.UsageError(f"--model_dir={FLAGS.model_dir}: not a directory")
   bindings = list(FLAGS.gin_bindings)
   if FLAGS.init_checkpoint:
     bindings.append(f"Trainer.init_checkpoint = {json.dumps(FLAGS.init_checkpoint)}")
-  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
   cli.parse_gin(FLAGS.gin_file, bindings)
   if FLAGS.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -116,8 +116,11 @@ def main(argv):
   print(f"final: {summary}", flush=True)
 
 
-if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
+def run():
+  """Console script `kmax-train`."""
   define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -28,6 +28,7 @@ import tqdm
 from deeplab2_kmax.conversion import label_space
 from deeplab2_kmax.conversion import warm_start
 from trainer import checkpointing
+from trainer import distribution
 from trainer import optimizer as optimizer_lib
 from trainer import summaries
 
@@ -103,7 +104,6 @@ class Trainer:
     self.checkpoint_every = int(checkpoint_every)
     self.max_to_keep = max_to_keep
     if jit_compile is None:
-      from trainer import distribution  # pylint: disable=g-import-not-at-top
       jit_compile = distribution.default_jit_compile()
     self.jit_compile = bool(jit_compile)
     self.clip_gradient_norm = float(clip_gradient_norm)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data.cli_test import refusal_line
 from data import converter
 from data import input_pipeline
 from data import make_synthetic
-from data.cli_test import refusal_line
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 from trainer.resume_safety_test import assert_same_tensors
 

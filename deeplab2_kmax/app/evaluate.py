@@ -32,8 +32,8 @@ from deeplab2_kmax.core import cli
 from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from deeplab2_kmax.core import geometry
 from deeplab2_kmax.model import build_model
-from evaluation import writers
 from evaluation.pq_core import format_table
+from evaluation import writers
 
 FLAGS = flags.FLAGS
 

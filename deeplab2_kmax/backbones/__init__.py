@@ -25,6 +25,7 @@ see `layers.normalization`).
 
 import gin
 
+from deeplab2_kmax.backbones.axial_resnet import AxialResNet
 from deeplab2_kmax.backbones.convnext import CONVNEXT_PRESETS
 from deeplab2_kmax.backbones.convnext import ConvNeXt
 from deeplab2_kmax.backbones.resnet import ResNet
@@ -55,8 +56,6 @@ def build_backbone(name: str, **kwargs):
   if key == "resnet50":
     return ResNet(**kwargs)
   if key == "axial_resnet50":
-    # Imported here: the axial blocks pull in the axial-attention layer.
-    from deeplab2_kmax.backbones.axial_resnet import AxialResNet  # pylint: disable=g-import-not-at-top
     return AxialResNet(**kwargs)
   config = dict(CONVNEXT_PRESETS[key])
   config.update(kwargs)

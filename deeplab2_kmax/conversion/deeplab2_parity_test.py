@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import model as model_lib
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.conversion import convert
 from deeplab2_kmax.conversion import deeplab2_checkpoint
 from deeplab2_kmax.conversion import fill_rule_checkpoint
 from deeplab2_kmax.conversion import label_space
 from deeplab2_kmax.conversion import parity
-from deeplab2_kmax.tools import model_stats
+from deeplab2_kmax import model as model_lib
 
-ROOT = model_stats.REPO_ROOT
+ROOT = configs.REPO_ROOT
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 CLI = "deeplab2_kmax.tools.convert_deeplab2_checkpoint"
 # fixture: (config, --num_classes)
@@ -67,11 +67,7 @@ def _convert(prefix, name, output_dir, *extra):
 
 
 def _parse(config):
-  model_stats.register_configurables()
-  if ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-    gin.add_config_file_search_path(ROOT)
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, config)], [], skip_unknown=True)
+  configs.parse_config([os.path.join(ROOT, config)], skip_unknown=True, clear=True)
 
 
 def test_r50_coco_matches_deeplab2(r50_checkpoint, tmp_path):

@@ -21,8 +21,8 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from deeplab2_kmax import post_processing
 from deeplab2_kmax.conversion import label_space as label_space_lib
+from deeplab2_kmax import post_processing
 
 RELATIVE_TOLERANCE = 1e-3   # of the reference's largest magnitude
 NEAR_TIE = 1e-3             # relative top-2 margin under which an argmax may flip

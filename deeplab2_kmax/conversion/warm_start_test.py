@@ -10,28 +10,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import model as model_lib
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.conversion import convert
 from deeplab2_kmax.conversion import deeplab2_checkpoint
 from deeplab2_kmax.conversion import fill_rule_checkpoint
 from deeplab2_kmax.conversion import label_space
 from deeplab2_kmax.conversion import warm_start
 from deeplab2_kmax.layers import test_utils
-from deeplab2_kmax.tools import model_stats
+from deeplab2_kmax import model as model_lib
 
-ROOT = model_stats.REPO_ROOT
+ROOT = configs.REPO_ROOT
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata",
                         "r50_coco", "manifest.json.gz")
 STEM = "encoder/_stem/_conv/kernel/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def _r50(num_classes):
-  model_stats.register_configurables()
-  if ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-    gin.add_config_file_search_path(ROOT)
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, "configs/coco/kmax_r50.gin")],
-                                      [], skip_unknown=True)
+  configs.parse_config([os.path.join(ROOT, "configs/coco/kmax_r50.gin")],
+                       skip_unknown=True, clear=True)
   model = model_lib.build_model(num_classes=num_classes)
   gin.clear_config()
   convert.build_variables(model)

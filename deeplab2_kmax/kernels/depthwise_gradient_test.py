@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.kernels import depthwise_gradient
+from deeplab2_kmax.layers import convolutions
 
 
 def _value_and_grads(fn, x, kernel, bias, upstream):

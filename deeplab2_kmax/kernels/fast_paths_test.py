@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import model as model_lib
 from deeplab2_kmax.kernels import policy
 from deeplab2_kmax.layers import test_utils
+from deeplab2_kmax import model as model_lib
 
 BACKBONES = {
     "resnet50": test_utils.TINY_RESNET_KWARGS,

@@ -21,6 +21,23 @@ _KERAS_INTERNAL_LISTS = ("_layers",)
 _TF_INTERNAL_PREFIX = "_self_"
 
 
+def _attributes(layer):
+  """(name, value) of a layer's own attributes, sorted, Keras/TF internals skipped."""
+  for attr, value in sorted(vars(layer).items()):
+    if attr not in _KERAS_INTERNAL_LISTS and not attr.startswith(_TF_INTERNAL_PREFIX):
+      yield attr, value
+
+
+def _collection_layers(value, prefix: str):
+  """(`prefix/index or key[/...]`, layer) of the layers in a (nested) list/tuple/dict."""
+  items = value.items() if isinstance(value, dict) else enumerate(value)
+  for key, item in items:
+    if isinstance(item, keras.layers.Layer):
+      yield f"{prefix}/{key}", item
+    elif isinstance(item, (list, tuple, dict)):
+      yield from _collection_layers(item, f"{prefix}/{key}")
+
+
 def direct_list_held_layers(layer: keras.layers.Layer) -> dict:
   """{"<attribute>/<index or key>/...": sub_layer} for layers held in collections.
 
@@ -28,20 +45,32 @@ def direct_list_held_layers(layer: keras.layers.Layer) -> dict:
   the sub-layers' attributes: each layer class with the mixin adds its own edges.
   """
   found = {}
-
-  def visit(value, prefix):
-    items = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, item in items:
-      if isinstance(item, keras.layers.Layer):
-        found.setdefault(f"{prefix}/{key}", item)
-      elif isinstance(item, (list, tuple, dict)):
-        visit(item, f"{prefix}/{key}")
-
-  for attr, value in sorted(vars(layer).items()):
-    if attr in _KERAS_INTERNAL_LISTS or attr.startswith(_TF_INTERNAL_PREFIX):
-      continue
+  for attr, value in _attributes(layer):
     if isinstance(value, (list, tuple, dict)):
-      visit(value, attr)
+      for key, item in _collection_layers(value, attr):
+        found.setdefault(key, item)
+  return found
+
+
+def list_held_layers(root: keras.layers.Layer) -> dict:
+  """Like `direct_list_held_layers`, for the whole tree under `root`: every layer that
+  is reachable only through a collection somewhere below it, keyed by the attribute
+  path (`"<attr>/<attr>/<index>..."`; attribute names and positions only)."""
+  found, seen = {}, set()
+
+  def visit(layer, prefix):
+    if id(layer) in seen:
+      return
+    seen.add(id(layer))
+    for attr, value in _attributes(layer):
+      if isinstance(value, keras.layers.Layer):
+        visit(value, f"{prefix}{attr}/")
+      elif isinstance(value, (list, tuple, dict)):
+        for key, item in _collection_layers(value, f"{prefix}{attr}"):
+          found.setdefault(key, item)
+          visit(item, f"{key}/")
+
+  visit(root, "")
   return found
 
 

@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax import backbones
+from deeplab2_kmax.layers import tracking
 from deeplab2_kmax import pixel_decoder
 from deeplab2_kmax import semantic_decoder
 from deeplab2_kmax import transformer_decoder
-from deeplab2_kmax.layers import tracking
 
 TINY_RESNET = dict(depths=(1, 1, 2, 1), width_multiplier=0.125,
                    stem_width_multiplier=0.25)

@@ -11,10 +11,10 @@ from data import input_pipeline
 from data import panoptic_io
 from data import tfrecord_format
 from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
-from deeplab2_kmax import model as model_lib
-from deeplab2_kmax import post_processing  # noqa: F401  (gin: MaskWiseMerger)
 from deeplab2_kmax.losses.kmax_loss import KMaXLoss
 from deeplab2_kmax.losses.kmax_loss import LOSS_KEYS
+from deeplab2_kmax import model as model_lib
+from deeplab2_kmax import post_processing  # noqa: F401  (gin: MaskWiseMerger)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 D, IGNORE = 1000, 255   # Cityscapes label divisor

@@ -2,9 +2,9 @@
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
 from deeplab2_kmax.losses.instance_discrimination_loss import pixel_contrastive_loss
+from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.instance_discrimination_loss import (
     prototype_discrimination_loss)
 

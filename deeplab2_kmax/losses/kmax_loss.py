@@ -33,8 +33,8 @@ import gin
 import keras
 import tensorflow as tf
 
-from deeplab2_kmax.losses.ground_truth import flatten_pixels
 from deeplab2_kmax.losses.ground_truth import GroundTruth
+from deeplab2_kmax.losses.ground_truth import flatten_pixels
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
 from deeplab2_kmax.losses.ground_truth import subsample_to
 from deeplab2_kmax.losses.instance_discrimination_loss import pixel_contrastive_loss

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
 from deeplab2_kmax.losses.kmax_loss import KMaXLoss
 from deeplab2_kmax.losses.kmax_loss import LOSS_KEYS
+from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.mask_id_loss import mask_id_cross_entropy
 from deeplab2_kmax.losses.pq_style_loss import match_predictions
 from deeplab2_kmax.losses.pq_style_loss import pq_style_loss

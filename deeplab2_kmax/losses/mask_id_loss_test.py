@@ -2,9 +2,9 @@
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
 from deeplab2_kmax.losses.hungarian_matching import assignment_matrix
+from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.mask_id_loss import mask_id_cross_entropy
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
 
-from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
+from deeplab2_kmax.losses import loss_test_data as data
 from deeplab2_kmax.losses.pq_style_loss import match_predictions
 from deeplab2_kmax.losses.pq_style_loss import pq_style_loss
 

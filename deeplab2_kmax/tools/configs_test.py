@@ -11,14 +11,15 @@ import gin
 import numpy as np
 import pytest
 
+from deeplab2_kmax.app import configs
 from deeplab2_kmax import backbones
-from deeplab2_kmax import model as model_lib
 from deeplab2_kmax.backbones import axial_resnet
 from deeplab2_kmax.backbones import convnext
 from deeplab2_kmax.backbones import resnet
+from deeplab2_kmax import model as model_lib
 from deeplab2_kmax.tools import model_stats
 
-ROOT = model_stats.REPO_ROOT
+ROOT = configs.REPO_ROOT
 MODEL_CONFIGS = sorted(model_stats.PAPER_TARGETS)
 SHARED_FILES = {"configs/coco/base.gin", "configs/coco/recipe.gin",
                 "configs/coco/ablations/recipe.gin", "configs/cityscapes/base.gin",
@@ -30,12 +31,7 @@ BACKBONE_CLASSES = {"resnet50": resnet.ResNet, "axial_resnet50": axial_resnet.Ax
 
 
 def _parse(*paths, bindings=()):
-  model_stats.register_configurables()
-  if ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-    gin.add_config_file_search_path(ROOT)
-  gin.clear_config()
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, p) for p in paths],
-                                      list(bindings))
+  configs.parse_config([os.path.join(ROOT, p) for p in paths], bindings, clear=True)
   return gin.get_bindings("build_model")
 
 

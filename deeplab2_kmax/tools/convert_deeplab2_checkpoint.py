@@ -39,16 +39,16 @@ import gin
 import numpy as np
 
 from data import ade20k_categories
-from deeplab2_kmax.core import cli
 from data import build_cityscapes_tfrecord
-from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax.app import checkpoints
-from deeplab2_kmax import model as model_lib
-from deeplab2_kmax import post_processing
 from deeplab2_kmax.conversion import convert
 from deeplab2_kmax.conversion import deeplab2_checkpoint
 from deeplab2_kmax.conversion import label_space as label_space_lib
 from deeplab2_kmax.conversion import parity
+from deeplab2_kmax.core import cli
+from deeplab2_kmax.core.dataset_info import DatasetInfo
+from deeplab2_kmax import model as model_lib
+from deeplab2_kmax import post_processing
 
 FLAGS = flags.FLAGS
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -14,10 +14,10 @@ import gin
 import numpy as np
 import pytest
 
+from deeplab2_kmax.app import configs
 from deeplab2_kmax import model as model_lib
-from deeplab2_kmax.tools import model_stats
 
-ROOT = model_stats.REPO_ROOT
+ROOT = configs.REPO_ROOT
 TINY_MODEL = [
     "build_model.num_queries = 8", "build_model.axial_num_heads = 2",
     "build_model.decoder_channels = 16", "build_model.decoder_key_depth = 8",
@@ -65,12 +65,8 @@ def test_model_configs_are_found():
 
 @pytest.mark.parametrize("path", model_configs())
 def test_config_builds_and_runs_training_and_inference(path):
-  model_stats.register_configurables()
-  if ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-    gin.add_config_file_search_path(ROOT)
-  gin.clear_config()
   # skip_unknown: configs such as the synthetic one also bind the trainer.
-  gin.parse_config_files_and_bindings([os.path.join(ROOT, path)], [], skip_unknown=True)
+  configs.parse_config([os.path.join(ROOT, path)], skip_unknown=True, clear=True)
   bound = gin.get_bindings("build_model")
   stages = len(bound["pixel_decoder_dims"])
   rate = dict(bound.get("backbone_kwargs", {})).get("drop_path_rate", 0.0)

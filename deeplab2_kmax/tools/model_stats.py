@@ -32,7 +32,11 @@ from typing import Dict, List, Optional, Sequence
 from absl import app
 from absl import flags
 import gin
+import keras
 import numpy as np
+
+from deeplab2_kmax.app import configs
+from deeplab2_kmax import model as model_lib
 
 # Paper numbers (docs/PAPER.md §5, the paper's Tables 1–3): params in M, GMACs at 1200×800.
 PAPER_TARGETS = {
@@ -70,7 +74,7 @@ PAPER_TARGETS = {
 }
 
 FLAGS = flags.FLAGS
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = configs.REPO_ROOT
 
 
 def define_flags():
@@ -171,8 +175,6 @@ def model_stats(height: int, width: int, num_classes: Optional[int] = None,
                 breakdown: bool = False) -> Dict:
   """Builds the gin-configured model and returns its parameter and MAC counts."""
   tf = _silence_tf()
-  import keras  # pylint: disable=g-import-not-at-top
-  from deeplab2_kmax import model as model_lib  # pylint: disable=g-import-not-at-top
   if num_classes is None:
     try:
       num_classes = gin.query_parameter("build_model.num_classes")
@@ -211,23 +213,12 @@ def model_stats(height: int, width: int, num_classes: Optional[int] = None,
   return stats
 
 
-def register_configurables():
-  """Imports every module whose configurables the model configs bind."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from deeplab2_kmax import backbones
-  from deeplab2_kmax import model
-  from deeplab2_kmax import post_processing
-  from deeplab2_kmax.core import geometry
-
-
 def stats_for_config(gin_files: List[str], bindings: Sequence[str] = (),
                      root: str = REPO_ROOT, **kwargs):
   """Parses the gin files (includes relative to `root`) and returns model_stats."""
-  register_configurables()
   if root not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(root)
-  gin.clear_config()
-  gin.parse_config_files_and_bindings(gin_files, list(bindings))
+  configs.parse_config(gin_files, bindings, clear=True)
   try:
     return model_stats(**kwargs)
   finally:
