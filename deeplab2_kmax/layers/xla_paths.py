@@ -46,9 +46,12 @@ def tf_library_kernels() -> bool:
   """Whether ops built now run as TensorFlow's own kernels: TF backend, outside XLA.
 
   The condition of the TF-only fast paths that replace an op or its gradient by
-  another TF kernel (depthwise_gradient, resize).
+  another TF kernel (depthwise_gradient, resize). False while the model is traced for
+  another runtime (`portable_ops.portable_graph()`).
   """
-  return keras.backend.backend() == "tensorflow" and not compiled_by_xla()
+  from deeplab2_kmax.layers import portable_ops  # pylint: disable=g-import-not-at-top
+  return (keras.backend.backend() == "tensorflow" and not compiled_by_xla()
+          and not portable_ops.active())
 
 
 def _cpu_only() -> bool:
