@@ -7,9 +7,9 @@ areas and pairwise overlaps with `bincount` / scatter-adds, sorts masks with
 fixed point. Those are dynamic-shape ops that converters reject or runtimes run badly.
 This module computes the same result (the same rule, tested equal) with static shapes:
 
-* every pixel is upsampled (`mask_upsampling.upsample_mask_logits`, the same
-  arithmetic bit for bit), soft-maxed over masks, and its top-2 masks taken (with
-  pixel_confidence >= 1/3 a pixel lies in at most two binary masks);
+* every pixel is upsampled (`dense_upsampling`: the bits of
+  `mask_upsampling.upsample_mask_logits`, element-wise) and soft-maxed over masks;
+  with pixel_confidence >= 1/3 a pixel lies in at most two binary masks;
 * areas and pairwise overlaps are one matmul of the binary masks: G = Mᵀ M
   ([HW, N] 0/1 in float32, exact up to 2^24 pixels), area = diag(G);
 * the score order is an N x N comparison (`before[j, k]`: j is ranked before k, ties
@@ -20,8 +20,9 @@ This module computes the same result (the same rule, tested equal) with static s
   settles the masks of rank < t, so N iterations reach the sequential answer);
 * a kept mask's painted area is area_k - sum of its overlaps with earlier kept masks
   (a pixel has at most one other mask), so no second pass over the pixels;
-* each pixel's owner is the earlier-ranked kept mask among its top-2; segment lists
-  are compacted through an N x N one-hot of the output slots.
+* each pixel's owner is its kept mask of the smallest rank (a min over masks), and
+  per-rank tables (an N x N one-hot of the ranks) give its values; segment lists are
+  compacted through an N x N one-hot of the output slots.
 
 Images smaller than the exported size: `image_size` [B, 2] marks the top-left region
 of each image; pixels outside it cover no mask, grid points outside the covering grid
@@ -34,7 +35,7 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.mask_upsampling import upsample_mask_logits
+from deeplab2_kmax.export_formats.dense_upsampling import upsample_mask_logits
 
 
 class DenseMaskWiseMerger:
@@ -114,16 +115,11 @@ class DenseMaskWiseMerger:
     count = tf.reduce_sum(grid_binary, axis=[1, 2])
     mask_score = tf.where(count > 0, total / tf.maximum(count, 1.0), 0.0)
 
-    # Pixels: top-2 masks, areas and pairwise overlaps (G = Mᵀ M).
+    # Pixels: binary masks, areas and pairwise overlaps (G = Mᵀ M).
     up = upsample_mask_logits(logits, s)  # [B, H, W, N]
-    probs = tf.nn.softmax(up, axis=-1)
-    top_p, top_i = tf.math.top_k(probs, k=2)
-    i1, i2 = top_i[..., 0], top_i[..., 1]
-    cov1 = tf.logical_and(top_p[..., 0] > conf_c, pixel_valid)
-    cov2 = tf.logical_and(top_p[..., 1] > conf_c, pixel_valid)
-    binary = tf.cast(tf.logical_and(probs > conf_c, pixel_valid[..., None]), tf.float32)
-    binary = tf.reshape(binary, [batch, height * width, n])
-    gram = tf.matmul(binary, binary, transpose_a=True)  # [B, N, N]
+    binary = tf.logical_and(tf.nn.softmax(up, axis=-1) > conf_c, pixel_valid[..., None])
+    flat = tf.reshape(tf.cast(binary, tf.float32), [batch, height * width, n])
+    gram = tf.matmul(flat, flat, transpose_a=True)  # [B, N, N]
     eye = tf.constant(np.eye(n, dtype=np.float32))  # tf.eye is MatrixDiag: not in OpenVINO
     area = tf.reduce_sum(gram * eye, axis=1)
     overlap = gram * (1.0 - eye)
@@ -161,22 +157,22 @@ class DenseMaskWiseMerger:
     instance_value = tf.where(tf.logical_and(final, is_thing), rank + 1, 0)
     value = tf.where(final, cls * self.label_divisor + instance_value, void_value)
 
-    # Owner of each pixel: the earlier kept mask among its top-2.
-    kept_rank = tf.where(keep, rank, n)
-    flat_offset = (tf.range(batch) * n)[:, None, None]
+    # Owner of each pixel: its kept mask of the smallest rank; tables indexed by rank.
+    by_rank = tf.equal(rank[:, :, None], tf.range(n)[None, None, :])  # [B, mask, rank]
 
-    def per_pixel(table, index):  # [B, N] table, [B, H, W] mask index -> [B, H, W]
-      return tf.gather(tf.reshape(table, [-1]), index + flat_offset)
+    def rank_table(values, none_value):  # [B, N] per mask -> [B * (N + 1)] per rank
+      table = tf.reduce_sum(tf.where(by_rank, values[:, :, None], 0), axis=1)
+      return tf.reshape(tf.concat([table, tf.fill([batch, 1], none_value)], 1), [-1])
 
-    r1 = tf.where(cov1, per_pixel(kept_rank, i1), n)
-    r2 = tf.where(cov2, per_pixel(kept_rank, i2), n)
-    owner = tf.where(r1 <= r2, i1, i2)
-    painted_pixel = tf.minimum(r1, r2) < n
-    panoptic = tf.where(painted_pixel, per_pixel(value, owner), void_value)
-    instance = tf.where(painted_pixel, per_pixel(instance_value, owner), 0)
+    kept_rank = tf.where(keep, rank, n)[:, None, None, :]
+    owner = tf.reduce_min(tf.where(binary, kept_rank, n), axis=-1)  # [B, H, W], N: none
+    owner = owner + (tf.range(batch) * (n + 1))[:, None, None]
+    panoptic = tf.gather(rank_table(value, void_value), owner)
+    instance = tf.gather(rank_table(instance_value, 0), owner)
     if c["pixelwise_semantic"]:
-      semantic = tf.where(pixel_valid, per_pixel(
-          cls, tf.argmax(up, axis=-1, output_type=tf.int32)), self.ignore_label)
+      argmax = tf.argmax(up, axis=-1, output_type=tf.int32) + (tf.range(batch) * n)[:, None, None]
+      semantic = tf.where(pixel_valid, tf.gather(tf.reshape(cls, [-1]), argmax),
+                          self.ignore_label)
     else:
       semantic = tf.where(tf.equal(panoptic, void_value), self.ignore_label,
                           panoptic // self.label_divisor)
