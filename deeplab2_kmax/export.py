@@ -27,6 +27,11 @@ Python path calls, so exported predictions equal the checkpoint's pixel for pixe
 `--input_size` should be the config's eval crop size (`experiment_options.eval_crop_size`)
 so the exported model sees the evaluation's input; without it each image is padded to
 the next 32k+1 size.
+
+`--format=saved_model,onnx,litert,openvino` (comma list, default saved_model) also
+writes ONNX / LiteRT / OpenVINO artifacts with the mask-wise merging inside
+(`export_formats/`), verified in their own runtimes with `--verify_tfrecord`; one JSON
+line per artifact: {"format", "path", "bytes", "verified_images", ...}.
 """
 import os
 import re
@@ -176,20 +181,36 @@ def parse_input_size(text: Optional[str]):
 
 
 def run(f) -> str:
-  """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
+  """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied).
+  Returns the SavedModel's path (else the first artifact's)."""
+  import json
   from data.dataset_info import DatasetInfo
+  from deeplab2_kmax.export_formats import artifacts, export_command
 
   info = DatasetInfo.load(f.dataset_info) if f.dataset_info else None
   if info is None:
     raise ValueError("--dataset_info is required (the converter's dataset_info.json)")
+  formats = artifacts.parse_formats(f.format)
+  others = [fmt for fmt in formats if fmt != artifacts.SAVED_MODEL]
+  if others:
+    export_command.import_config_configurables()  # the config's eval size
   predictor = inference.load_predictor(f.gin_file, f.gin_bindings, f.checkpoint, info,
                                        parse_input_size(f.input_size))
-  path = export_saved_model(predictor, info, f.output_dir, f.version)
-  print(f"exported SavedModel to {path}")
-  if f.verify_tfrecord:
-    result = verify_export(path, predictor, f.verify_tfrecord, f.verify_max_examples)
-    print(f"verified: {result['images']} images, {result['pixels']} pixels, every output "
-          "equal to the checkpoint's Python path")
+  path = None
+  if artifacts.SAVED_MODEL in formats:
+    path = export_saved_model(predictor, info, f.output_dir, f.version)
+    print(f"exported SavedModel to {path}")
+    result = None
+    if f.verify_tfrecord:
+      result = verify_export(path, predictor, f.verify_tfrecord, f.verify_max_examples)
+      print(f"verified: {result['images']} images, {result['pixels']} pixels, every "
+            "output equal to the checkpoint's Python path")
+    print(json.dumps(export_command.record(artifacts.SAVED_MODEL, path, result)))
+  if others:  # ONNX / LiteRT / OpenVINO: export_formats/export_command.py
+    records = export_command.export_formats(
+        others, predictor, info, f.output_dir, parse_input_size(f.input_size), f.version,
+        f.verify_tfrecord, f.verify_max_examples)
+    path = path or records[0]["path"]
   return path
 
 
@@ -219,6 +240,10 @@ def define_flags(flag_values=None):
                        **on)
   flags.DEFINE_integer("version", None, "version folder number (default: next free, from 1)",
                        **on)
+  flags.DEFINE_string("format", "saved_model", "comma list of saved_model, onnx, litert, "
+                      "openvino; the last three (with the merge inside) go to "
+                      "<output_dir>/<format>/<version>/ at --input_size (default: the "
+                      "config's eval size)", **on)
 
 
 if __name__ == "__main__":

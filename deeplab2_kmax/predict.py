@@ -13,7 +13,9 @@ and one `output_dir/panoptic.json` in COCO panoptic format (`annotations` with
 `file_name` and `segments_info` — original category ids, `score` per segment — plus
 `images` and `categories`). `--saved_model` accepts a version folder or the TF Serving
 base folder (highest version). The SavedModel is fed the file's bytes through
-`serving_default`, exactly what TF Serving receives.
+`serving_default`, exactly what TF Serving receives. `--model=FILE` runs an ONNX /
+LiteRT / OpenVINO artifact of `export --format=...` (model.onnx, model.tflite,
+model.xml, or its folder) in its own runtime (`export_formats/artifact_predictor.py`).
 """
 import glob
 import os
@@ -131,9 +133,14 @@ def run(f) -> str:
   """The CLI on parsed flags `f` (an absl FlagValues with `define_flags` applied)."""
   from deeplab2_kmax.export import parse_input_size
 
-  if f.saved_model and f.checkpoint:
-    raise ValueError("pass either --saved_model or --gin_file/--checkpoint, not both")
-  if f.saved_model:
+  if sum(bool(v) for v in (f.saved_model, f.checkpoint, f.model)) > 1:
+    raise ValueError("pass one of --saved_model, --model or --gin_file/--checkpoint, not both")
+  if f.model:  # an ONNX / LiteRT / OpenVINO artifact
+    from deeplab2_kmax.export_formats.artifact_predictor import file_runner
+    if f.input_size:
+      raise ValueError("--input_size is fixed at export time; drop it with --model")
+    info, run = file_runner(f.model)
+  elif f.saved_model:
     if f.input_size:
       raise ValueError("--input_size is fixed at export time; drop it with --saved_model")
     info, run = saved_model_runner(f.saved_model)
@@ -141,7 +148,8 @@ def run(f) -> str:
     info, run = checkpoint_runner(f.gin_file, f.gin_bindings, f.checkpoint, f.dataset_info,
                                   parse_input_size(f.input_size))
   else:
-    raise ValueError("pass --saved_model=DIR or --gin_file, --checkpoint and --dataset_info")
+    raise ValueError("pass --saved_model=DIR, --model=FILE or --gin_file, --checkpoint and "
+                     "--dataset_info")
   json_path = predict_files(info, run, list_images(f.images), f.output_dir,
                             f.min_label_fraction, f.overlay_scale)
   print(f"wrote {json_path}, {f.output_dir}/panoptic/*.png and {f.output_dir}/overlay/*.png")
@@ -159,6 +167,8 @@ def define_flags(flag_values=None):
   from absl import flags
   on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
   flags.DEFINE_string("saved_model", "", "exported SavedModel (version or base folder)", **on)
+  flags.DEFINE_string("model", "", "an ONNX / LiteRT / OpenVINO artifact of export "
+                      "--format (model.onnx / model.tflite / model.xml or its folder)", **on)
   flags.DEFINE_multi_string("gin_file", [], "gin config(s), with --checkpoint", **on)
   flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
   flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
