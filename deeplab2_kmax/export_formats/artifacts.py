@@ -4,7 +4,8 @@ Layout: `output_dir/<format>/<version>/` (version: the next free number, as the
 SavedModel's `output_dir/<version>/`, and the model-repository layout of OpenVINO
 Model Server and Triton) holding the model file (`model.onnx`, `model.tflite`, or
 `model.xml` + `model.bin`) and `dataset_info.json`. Written to a staging folder and
-renamed, so a reader never sees a half-written version.
+renamed, so a reader never sees a half-written version. Loading and running imports
+only the format's runtime (no TensorFlow).
 """
 
 import os
@@ -13,7 +14,6 @@ from typing import Optional, Sequence
 
 from deeplab2_kmax.export_formats import litert_format, metadata as metadata_lib
 from deeplab2_kmax.export_formats import onnx_format, openvino_format
-from deeplab2_kmax.export_formats.serving_graph import PortableServing
 
 SAVED_MODEL = "saved_model"
 MODULES = {m.NAME: m for m in (onnx_format, litert_format, openvino_format)}
@@ -32,13 +32,13 @@ def parse_formats(text: str) -> list:
 
 
 def export_artifact(fmt: str, predictor, info, output_dir: str, input_size: Sequence[int],
-                    version: Optional[int] = None, serving: Optional[PortableServing] = None,
-                    **options) -> str:
+                    version: Optional[int] = None, serving=None, **options) -> str:
   """Converts `predictor` (a PanopticPredictor: model + merger settings) to `fmt` at
   `input_size`; returns the model file's path. `serving`: a PortableServing of them to
   reuse (its graph is traced once for several formats); options go to the format's
   convert."""
   from deeplab2_kmax.export import next_version
+  from deeplab2_kmax.export_formats.serving_graph import PortableServing
 
   module = MODULES[fmt]
   base = os.path.join(output_dir, fmt)

@@ -11,7 +11,7 @@ import numpy as np
 
 from deeplab2_kmax.export_formats import metadata as metadata_lib
 from deeplab2_kmax.export_formats.runtimes import require
-from deeplab2_kmax.export_formats.serving_graph import INPUT_NAMES
+from deeplab2_kmax.export_formats.signature import INPUT_NAMES
 
 NAME = "onnx"
 FILE_NAME = "model.onnx"

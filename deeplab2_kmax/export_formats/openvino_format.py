@@ -13,7 +13,7 @@ import numpy as np
 
 from deeplab2_kmax.export_formats import metadata as metadata_lib
 from deeplab2_kmax.export_formats.runtimes import require
-from deeplab2_kmax.export_formats.serving_graph import INPUT_NAMES, OUTPUTS
+from deeplab2_kmax.export_formats.signature import INPUT_NAMES, OUTPUTS
 
 NAME = "openvino"
 FILE_NAME = "model.xml"  # + model.bin beside it

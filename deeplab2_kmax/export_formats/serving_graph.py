@@ -24,14 +24,9 @@ import tensorflow as tf
 
 from deeplab2_kmax import inference
 from deeplab2_kmax.export_formats.dense_merger import DenseMaskWiseMerger
+from deeplab2_kmax.export_formats.signature import INPUT_NAMES, OUTPUTS
 from deeplab2_kmax.layers import portable_ops
 
-INPUT_NAMES = ("images", "image_size")
-# MaskWiseMerger key -> output name (the SavedModel's names, export.OUTPUT_NAMES).
-OUTPUTS = {"panoptic": "panoptic_map", "semantic": "semantic_map",
-           "instance": "instance_map", "segment_ids": "segment_ids",
-           "segment_classes": "segment_classes", "segment_scores": "segment_scores",
-           "num_segments": "num_segments"}
 OUTPUT_DTYPES = {"segment_scores": tf.float32}  # every other output is int32
 
 
