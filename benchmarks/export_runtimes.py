@@ -7,7 +7,7 @@
 For each case (config @ square export size) the model is built (random weights, or
 `--checkpoint` for the one case whose config it was trained with), exported as a
 SavedModel and as ONNX / LiteRT / OpenVINO artifacts, and each variant runs in its own
-process on one 8-bit image at the export size (batch 1, CPU, every core): the SavedModel's `serve_images`
+process on one 8-bit image at the export size (batch 1, CPU, `--threads`): the SavedModel's `serve_images`
 in TensorFlow, onnxruntime, the LiteRT interpreter, OpenVINO's CPU plugin in float32
 and in bfloat16 (`openvino_bf16`: INFERENCE_PRECISION_HINT=bf16, same file). Optional
 reduced-precision artifacts: `litert_fp16` (float16 weights) and `litert_int8`
@@ -21,6 +21,7 @@ path (`export_formats.verify`) on that split (min / mean over images).
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,8 @@ flags.DEFINE_list("variants", ["saved_model", "onnx", "litert", "openvino", "ope
                   "what to time: saved_model, onnx, litert, openvino, openvino_bf16, "
                   "litert_fp16, litert_int8, onnx_int8")
 flags.DEFINE_integer("repeats", 10, "timed calls per variant")
+flags.DEFINE_integer("threads", 0, "threads of every runtime (0: each runtime's default; "
+                     "1 gives comparable numbers on a machine shared with other work)")
 flags.DEFINE_integer("num_classes", 133, "classes when no --dataset_info (COCO: 133)")
 flags.DEFINE_string("checkpoint", "", "a checkpoint of the FIRST case's config (else "
                     "random weights)")
@@ -78,13 +81,16 @@ def run_child() -> None:
   start = time.perf_counter()
   if FLAGS.child == "saved_model":
     import tensorflow as tf
+    if FLAGS.threads:
+      tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+      tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
     serve = tf.saved_model.load(FLAGS.child_model).signatures["serve_images"]
     batch = tf.constant(image[None])
     call = lambda: serve(images=batch)["num_segments"].numpy()
   else:
     from deeplab2_kmax.export_formats import artifacts
     options = {"precision": "bf16"} if FLAGS.child == "openvino_bf16" else {}
-    runner = artifacts.load_runner(FLAGS.child_model, **options)
+    runner = artifacts.load_runner(FLAGS.child_model, threads=FLAGS.threads, **options)
     call = lambda: runner(image[None], size)
   load_s = time.perf_counter() - start
   start = time.perf_counter()
@@ -102,10 +108,12 @@ def run_child() -> None:
                     "peak_rss_mib": _status_mib("VmHWM")}))
 
 
-def _info(num_classes):
+def _info(checkpoint: bool):
+  """The checkpoint's dataset_info, else COCO-like labels (--num_classes, 80 things)."""
   from data.dataset_info import DatasetInfo
-  if FLAGS.dataset_info:
+  if checkpoint:
     return DatasetInfo.load(FLAGS.dataset_info)
+  num_classes = FLAGS.num_classes
   cats = [{"id": i + 1, "name": f"class{i}", "isthing": int(i < COCO_NUM_THINGS)}
           for i in range(num_classes)]
   return DatasetInfo.from_coco_categories("benchmark", cats, label_divisor=256,
@@ -146,6 +154,15 @@ def _export(variant, predictor, info, size, work, serving, paths):
   key = (fmt, quantize or "")
   if key in paths:
     return paths[key]
+  if fmt == "onnx" and quantize:  # quantize the float artifact (no second conversion)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    source = _export("onnx", predictor, info, size, work, serving, paths)
+    folder = os.path.join(work, variant)
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(os.path.join(os.path.dirname(source), "dataset_info.json"), folder)
+    paths[key] = os.path.join(folder, "model.onnx")
+    quantize_dynamic(source, paths[key], weight_type=QuantType.QInt8)
+    return paths[key]
   options = {}
   if fmt == "litert" and quantize:
     import tensorflow as tf
@@ -154,11 +171,6 @@ def _export(variant, predictor, info, size, work, serving, paths):
   folder = os.path.join(work, variant)
   path = artifacts.export_artifact(fmt, predictor, info, folder, (size, size),
                                    serving=serving, **options)
-  if fmt == "onnx" and quantize:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    quantized = path.replace("model.onnx", "model_int8.onnx")
-    quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
-    os.replace(quantized, path)
   paths[key] = path
   return path
 
@@ -171,7 +183,7 @@ def _agreement(variant, path, predictor):
   if variant == "saved_model":
     return {"min_agreement": 1.0, "mean_agreement": 1.0, "note": "exact (export verify)"}
   options = {"precision": "bf16"} if variant == "openvino_bf16" else {}
-  artifact = ArtifactPredictor(artifacts.load_runner(path, **options))
+  artifact = ArtifactPredictor(artifacts.load_runner(path, threads=FLAGS.threads, **options))
   result = verify_artifact(artifact, predictor, FLAGS.agreement_tfrecord,
                            FLAGS.agreement_max_examples, threshold=0.0, desc=variant)
   return {k: result[k] for k in ("images", "min_agreement", "mean_agreement",
@@ -193,7 +205,7 @@ def main(argv):
     config, size = case.split("@")
     size = int(size)
     checkpoint = FLAGS.checkpoint if index == 0 else ""
-    info = _info(FLAGS.num_classes if not checkpoint else None)
+    info = _info(bool(checkpoint))
     predictor = _predictor(os.path.join(root, "configs", config), size, checkpoint, info)
     serving = PortableServing(predictor, (size, size))
     case_dir = os.path.join(work, f"{os.path.basename(config)[:-4]}_{size}")

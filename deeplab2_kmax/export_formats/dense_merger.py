@@ -8,8 +8,10 @@ fixed point. Those are dynamic-shape ops that converters reject or runtimes run 
 This module computes the same result (the same rule, tested equal) with static shapes:
 
 * every pixel is upsampled (`dense_upsampling`: the bits of
-  `mask_upsampling.upsample_mask_logits`, element-wise) and soft-maxed over masks;
-  with pixel_confidence >= 1/3 a pixel lies in at most two binary masks;
+  `mask_upsampling.upsample_mask_logits`, element-wise, laid out by cell phase so the
+  [H, W, N] logits are never interleaved; only the int32 maps are, at the end) and
+  soft-maxed over masks; with pixel_confidence >= 1/3 a pixel lies in at most two
+  binary masks;
 * areas and pairwise overlaps are one matmul of the binary masks: G = Mᵀ M
   ([HW, N] 0/1 in float32, exact up to 2^24 pixels), area = diag(G);
 * the score order is an N x N comparison (`before[j, k]`: j is ranked before k, ties
@@ -20,8 +22,8 @@ This module computes the same result (the same rule, tested equal) with static s
   settles the masks of rank < t, so N iterations reach the sequential answer);
 * a kept mask's painted area is area_k - sum of its overlaps with earlier kept masks
   (a pixel has at most one other mask), so no second pass over the pixels;
-* each pixel's owner is its kept mask of the smallest rank (a min over masks), and
-  per-rank tables (an N x N one-hot of the ranks) give its values; segment lists are
+* each pixel's owner is its kept mask of the smallest rank (a max over masks of
+  binary·(N - rank)), and per-rank tables (an N x N one-hot of the ranks) give its values; segment lists are
   compacted through an N x N one-hot of the output slots.
 
 Images smaller than the exported size: `image_size` [B, 2] marks the top-left region
@@ -35,7 +37,9 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.export_formats.dense_upsampling import upsample_mask_logits
+from deeplab2_kmax.export_formats.dense_upsampling import phase_coordinates
+from deeplab2_kmax.export_formats.dense_upsampling import phases_to_pixels
+from deeplab2_kmax.export_formats.dense_upsampling import upsample_phases
 
 
 class DenseMaskWiseMerger:
@@ -106,7 +110,9 @@ class DenseMaskWiseMerger:
       return tf.logical_and(rows, cols)
 
     grid_valid = tf.cast(inside(grid_size, hs, ws), tf.float32)[..., None]
-    pixel_valid = inside(image_size, height, width)
+    rows, cols = phase_coordinates(hs, ws, s)  # pixel row / column of every phase entry
+    pixel_valid = tf.logical_and(rows[None] < image_size[:, 0, None, None, None],
+                                 cols[None] < image_size[:, 1, None, None, None])
 
     # Ordering mask scores on the stride-s grid (mask_coverage.mask_scores).
     grid_probs = tf.nn.softmax(logits, axis=-1)
@@ -115,11 +121,11 @@ class DenseMaskWiseMerger:
     count = tf.reduce_sum(grid_binary, axis=[1, 2])
     mask_score = tf.where(count > 0, total / tf.maximum(count, 1.0), 0.0)
 
-    # Pixels: binary masks, areas and pairwise overlaps (G = Mᵀ M).
-    up = upsample_mask_logits(logits, s)  # [B, H, W, N]
+    # Pixels (by phase, [B, s², Hs, Ws, ...]): binary masks, areas and overlaps.
+    up = upsample_phases(logits, s)
     binary = tf.logical_and(tf.nn.softmax(up, axis=-1) > conf_c, pixel_valid[..., None])
-    flat = tf.reshape(tf.cast(binary, tf.float32), [batch, height * width, n])
-    gram = tf.matmul(flat, flat, transpose_a=True)  # [B, N, N]
+    flat = tf.reshape(tf.cast(binary, tf.float32), [batch, s * s * hs * ws, n])
+    gram = tf.matmul(flat, flat, transpose_a=True)  # [B, N, N] = Mᵀ M
     eye = tf.constant(np.eye(n, dtype=np.float32))  # tf.eye is MatrixDiag: not in OpenVINO
     area = tf.reduce_sum(gram * eye, axis=1)
     overlap = gram * (1.0 - eye)
@@ -164,15 +170,24 @@ class DenseMaskWiseMerger:
       table = tf.reduce_sum(tf.where(by_rank, values[:, :, None], 0), axis=1)
       return tf.reshape(tf.concat([table, tf.fill([batch, 1], none_value)], 1), [-1])
 
-    kept_rank = tf.where(keep, rank, n)[:, None, None, :]
-    owner = tf.reduce_min(tf.where(binary, kept_rank, n), axis=-1)  # [B, H, W], N: none
-    owner = owner + (tf.range(batch) * (n + 1))[:, None, None]
-    panoptic = tf.gather(rank_table(value, void_value), owner)
-    instance = tf.gather(rank_table(instance_value, 0), owner)
+    # The smallest kept rank r among a pixel's masks is n - max over masks of
+    # binary·(n - r) (0 where none): a float multiply and max instead of an int select
+    # (tf2onnx lowers that to several arithmetic passes over [HW, N]).
+    weight = tf.cast(n - tf.where(keep, rank, n), tf.float32)[:, None, :]
+    owner = n - tf.cast(tf.reduce_max(flat * weight, axis=-1), tf.int32)  # n: none
+    owner = tf.reshape(owner, [batch, s * s, hs, ws]) + (
+        tf.range(batch) * (n + 1))[:, None, None, None]
+
+    def to_pixels(phases):  # [B, s², Hs, Ws] -> [B, H, W]
+      return phases_to_pixels(phases, s)[:, :height, :width]
+
+    panoptic = to_pixels(tf.gather(rank_table(value, void_value), owner))
+    instance = to_pixels(tf.gather(rank_table(instance_value, 0), owner))
     if c["pixelwise_semantic"]:
-      argmax = tf.argmax(up, axis=-1, output_type=tf.int32) + (tf.range(batch) * n)[:, None, None]
-      semantic = tf.where(pixel_valid, tf.gather(tf.reshape(cls, [-1]), argmax),
-                          self.ignore_label)
+      argmax = tf.argmax(up, axis=-1, output_type=tf.int32) + (
+          tf.range(batch) * n)[:, None, None, None]
+      semantic = to_pixels(tf.where(pixel_valid, tf.gather(tf.reshape(cls, [-1]), argmax),
+                                    self.ignore_label))
     else:
       semantic = tf.where(tf.equal(panoptic, void_value), self.ignore_label,
                           panoptic // self.label_divisor)
