@@ -7,9 +7,10 @@
 For each case (config @ square export size) the model is built (random weights, or
 `--checkpoint` for the one case whose config it was trained with), exported as a
 SavedModel and as ONNX / LiteRT / OpenVINO artifacts, and each variant runs in its own
-process on one 8-bit image at the export size (batch 1, CPU, `--threads`): the SavedModel's `serve_images`
-in TensorFlow, onnxruntime, the LiteRT interpreter, OpenVINO's CPU plugin in float32
-and in bfloat16 (`openvino_bf16`: INFERENCE_PRECISION_HINT=bf16, same file). Optional
+process on one 8-bit image at the export size (batch 1, CPU, `--threads`): the
+SavedModel's `serve_images` in TensorFlow, onnxruntime, the LiteRT interpreter,
+OpenVINO's CPU plugin in float32 and in bfloat16 (`openvino_bf16`:
+INFERENCE_PRECISION_HINT=bf16, same file). Optional
 reduced-precision artifacts: `litert_fp16` (float16 weights) and `litert_int8`
 (dynamic-range int8 weights), `onnx_int8` (onnxruntime.quantization.quantize_dynamic).
 One JSON line per (case, variant): median and min of `--repeats` calls after 2 warm-up

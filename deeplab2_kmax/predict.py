@@ -159,7 +159,11 @@ def run(f) -> str:
 def main(argv):
   del argv
   from absl import flags
-  run(flags.FLAGS)
+  from deeplab2_kmax.export_formats.runtimes import MissingRuntime
+  try:
+    run(flags.FLAGS)
+  except MissingRuntime as e:  # one line saying what to install
+    raise SystemExit(str(e)) from None
 
 
 def define_flags(flag_values=None):

@@ -23,8 +23,8 @@ This module computes the same result (the same rule, tested equal) with static s
 * a kept mask's painted area is area_k - sum of its overlaps with earlier kept masks
   (a pixel has at most one other mask), so no second pass over the pixels;
 * each pixel's owner is its kept mask of the smallest rank (a max over masks of
-  binary·(N - rank)), and per-rank tables (an N x N one-hot of the ranks) give its values; segment lists are
-  compacted through an N x N one-hot of the output slots.
+  binary·(N - rank)), and per-rank tables (an N x N one-hot of the ranks) give its
+  values; segment lists are compacted through an N x N one-hot of the output slots.
 
 Images smaller than the exported size: `image_size` [B, 2] marks the top-left region
 of each image; pixels outside it cover no mask, grid points outside the covering grid
