@@ -122,9 +122,13 @@ class DenseMaskWiseMerger:
     mask_score = tf.where(count > 0, total / tf.maximum(count, 1.0), 0.0)
 
     # Pixels (by phase, [B, s², Hs, Ws, ...]): binary masks, areas and overlaps.
-    up = upsample_phases(logits, s)
-    binary = tf.logical_and(tf.nn.softmax(up, axis=-1) > conf_c, pixel_valid[..., None])
-    flat = tf.reshape(tf.cast(binary, tf.float32), [batch, s * s * hs * ws, n])
+    # Per-pixel ops on [pixels, N] matrices: LiteRT's softmax is 3x faster on 2-D
+    # tensors than on the 5-D phase layout (same values).
+    pixels = s * s * hs * ws
+    up = tf.reshape(upsample_phases(logits, s), [-1, n])  # [B·pixels, N]
+    probs = tf.reshape(tf.nn.softmax(up, axis=-1), [batch, pixels, n])
+    binary = tf.logical_and(probs > conf_c, tf.reshape(pixel_valid, [batch, pixels, 1]))
+    flat = tf.cast(binary, tf.float32)
     gram = tf.matmul(flat, flat, transpose_a=True)  # [B, N, N] = Mᵀ M
     eye = tf.constant(np.eye(n, dtype=np.float32))  # tf.eye is MatrixDiag: not in OpenVINO
     area = tf.reduce_sum(gram * eye, axis=1)
@@ -184,8 +188,8 @@ class DenseMaskWiseMerger:
     panoptic = to_pixels(tf.gather(rank_table(value, void_value), owner))
     instance = to_pixels(tf.gather(rank_table(instance_value, 0), owner))
     if c["pixelwise_semantic"]:
-      argmax = tf.argmax(up, axis=-1, output_type=tf.int32) + (
-          tf.range(batch) * n)[:, None, None, None]
+      argmax = tf.reshape(tf.argmax(up, axis=-1, output_type=tf.int32),
+                          [batch, s * s, hs, ws]) + (tf.range(batch) * n)[:, None, None, None]
       semantic = to_pixels(tf.where(pixel_valid, tf.gather(tf.reshape(cls, [-1]), argmax),
                                     self.ignore_label))
     else:
