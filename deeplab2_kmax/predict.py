@@ -134,7 +134,8 @@ def run(f) -> str:
   from deeplab2_kmax.export import parse_input_size
 
   if sum(bool(v) for v in (f.saved_model, f.checkpoint, f.model)) > 1:
-    raise ValueError("pass one of --saved_model, --model or --gin_file/--checkpoint, not both")
+    raise ValueError("pass only one of --saved_model, --model or --gin_file/--checkpoint "
+                     "(not both)")
   if f.model:  # an ONNX / LiteRT / OpenVINO artifact
     from deeplab2_kmax.export_formats.artifact_predictor import file_runner
     if f.input_size:
