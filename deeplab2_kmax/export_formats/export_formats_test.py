@@ -63,6 +63,9 @@ def exported(tmp_path_factory):
                             f"--verify_tfrecord={record}"])
   lines = [json.loads(t) for t in stdout.getvalue().splitlines() if t.startswith("{")]
   predictor = inference.load_predictor([gin_path], [], prefix, info_path, (SIZE, SIZE))
+  import gin
+  with gin.unlock_config():
+    gin.clear_config()  # the tiny config's permissive merger must not leak into other tests
   loaded = tf.saved_model.load(path)
   return {"folder": folder, "saved_model": path, "lines": {l["format"]: l for l in lines},
           "formats": formats, "predictor": predictor, "record": record,
