@@ -115,7 +115,7 @@ def make_forward(model, size, mode, merger):
 
 def main(argv):
   del argv
-  from deeplab2_kmax.tools import model_stats  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.tools import model_stats  # lazy: after the TF log level is set
   # The reference matmul runs in the model's compute dtype (bfloat16 for
   # mixed_bfloat16), so fraction_of_matmul compares like with like.
   matmul_dtype = "bfloat16" if "bfloat16" in FLAGS.dtype_policy else "float32"
@@ -126,7 +126,7 @@ def main(argv):
   model = build_model()
   merger = None
   if FLAGS.post_process:
-    from deeplab2_kmax import post_processing  # pylint: disable=g-import-not-at-top
+    from deeplab2_kmax import post_processing  # lazy: after the TF log level is set
     merger = post_processing.MaskWiseMerger(
         thing_train_ids=list(range(min(COCO_NUM_THING_CLASSES, FLAGS.num_classes))),
         # COCO's divisor; Cityscapes' where 256 queries need instance ids up to 256.

@@ -40,7 +40,7 @@ def fake_batch(batch: int, crop: int, num_classes: int = 133, seed: int = 0):
   """(features, labels) with the DESIGN.md keys, from random rectangle segments."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from data.panoptic_targets import panoptic_targets  # pylint: disable=g-import-not-at-top
+  from data.panoptic_targets import panoptic_targets  # lazy: TF-free parent
   rng = np.random.default_rng(seed)
   things = list(range(80))
   images, labels = [], []
@@ -94,10 +94,10 @@ def run_case(batch: int, crop: int, xla: bool, steps: int, warmup: int,
   """Measures one case in this process."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from deeplab2_kmax.losses.kmax_loss import KMaXLoss  # pylint: disable=g-import-not-at-top
-  from deeplab2_kmax.model import build_model  # pylint: disable=g-import-not-at-top
-  from trainer import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from trainer import train_lib  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.losses.kmax_loss import KMaXLoss  # lazy: TF-free parent
+  from deeplab2_kmax.model import build_model  # lazy: TF-free parent
+  from trainer import optimizer as optimizer_lib  # lazy: TF-free parent
+  from trainer import train_lib  # lazy: TF-free parent
   keras.utils.set_random_seed(0)
   keras.config.set_dtype_policy(dtype_policy)  # as trainer/experiment.py does
   strategy = tf.distribute.get_strategy()

@@ -101,11 +101,11 @@ def main(argv):
         f"({n / max(seconds, 1e-9):.1f} examples/s)")
 
 
-def run():
+def entry():
   """Console-script entry point."""
   _define_flags()
   cli.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  entry()

@@ -101,11 +101,11 @@ def main(argv):
   print(f"wrote {path}")
 
 
-def run():
+def entry():
   """Console-script entry point."""
   _define_flags()
   cli.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  entry()

@@ -227,11 +227,11 @@ def main(argv):
           f"--panoptic_dir={path[:-5]} --output_dir=OUT --split={split} --num_shards=2")
 
 
-def run():
+def entry():
   """Console-script entry point."""
   _define_flags()
   cli.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  entry()

@@ -128,6 +128,23 @@ def read_records(path: str) -> Iterator[bytes]:
                     f"records ({e.message.splitlines()[0]})") from e
 
 
+def read_split(pattern: str, max_examples: int = 0,
+               flag: str = "--verify_tfrecord") -> Iterator[bytes]:
+  """The serialized records of every file matching `pattern` (sorted), at most
+  `max_examples` of them (0: all); no match or a damaged file is a UserError naming
+  `flag` or the file."""
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise UserError(f"{flag}={pattern}: matches no file")
+  count = 0
+  for path in files:
+    for record in read_records(path):
+      if max_examples and count >= max_examples:
+        return
+      yield record
+      count += 1
+
+
 def locate_corruption(files: Sequence[str]) -> Optional[str]:
   """After a DataLossError from a pipeline over `files`: the message naming the first
   damaged file (None if every file reads)."""

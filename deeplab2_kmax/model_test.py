@@ -236,27 +236,6 @@ def test_drop_query_under_xla():
   assert (xla_dropped.sum(axis=1) == 7).all()
 
 
-def test_build_model_from_a_config_in_a_fresh_process():
-  """Importing model.py registers every configurable a model config binds, so a user can
-  parse configs/coco/kmax_r50.gin (gin locks its registry) and then build the model."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = (
-      "import gin\n"
-      "from deeplab2_kmax.model import build_model\n"
-      "gin.parse_config_files_and_bindings(['configs/coco/kmax_r50.gin'], "
-      "['build_model.backbone_kwargs = {\"depths\": (1, 1, 1, 1), \"width_multiplier\": 0.125}',"
-      " 'build_model.pixel_decoder_dims = (16, 8, 8, 8)', 'build_model.num_queries = 8'])\n"
-      "model = build_model(num_classes=5)\n"
-      "print(model.backbone_name, model.num_queries)\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
-                          text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.split() == ["resnet50", "8"]
-
-
 def test_bfloat16_policy_model_shares_checkpoints_and_outputs_float32(tmp_path):
   keras.utils.set_random_seed(0)  # deterministic weights: no run-to-run argmax ties
   kwargs = dict(backbone="resnet50", backbone_kwargs=test_utils.TINY_RESNET_KWARGS,

@@ -19,8 +19,6 @@ with a dataset_info.json beside the checkpoint; refusals print one line
 """
 
 from deeplab2_kmax.app import evaluate
-from deeplab2_kmax.core import cli
 
 if __name__ == "__main__":
-  evaluate.define_flags()
-  cli.run(evaluate.main)
+  evaluate.entry()

@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from deeplab2_kmax.core import cli
 from evaluation import pq_core
 from evaluation.pq_files import PanopticFormatError  # pylint: disable=unused-import
 from evaluation.pq_files import Workspace
@@ -242,7 +243,12 @@ def _define_flags():
   flags.mark_flags_as_required(["gt_json_file", "pred_json_file"])
 
 
-if __name__ == "__main__":
-  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
+
+def entry():
+  """Console-script entry point."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry()

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from data.cli_test import refusal_line
+from deeplab2_kmax.core.cli_test import refusal_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "synthetic", "kmax_tiny.gin")

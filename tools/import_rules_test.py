@@ -22,11 +22,9 @@ LAYERS = [
     ("deeplab2_kmax/app/", "app"),
     ("deeplab2_kmax/tools/", "app"),
     ("deeplab2_kmax/export_formats/", "app"),
-    ("deeplab2_kmax/export.py", "app"),
+    ("deeplab2_kmax/export.py", "app"),  # `python -m` entries of app/ commands
     ("deeplab2_kmax/predict.py", "app"),
     ("deeplab2_kmax/visualize_clusters.py", "app"),
-    ("deeplab2_kmax/inference.py", "app"),
-    ("deeplab2_kmax/input_checks.py", "app"),
     ("deeplab2_kmax/__init__.py", "api"),
     ("deeplab2_kmax/", "model"),
     ("data/", "data"),

@@ -1,6 +1,6 @@
 r"""Two-process MultiWorkerMirroredStrategy check on 127.0.0.1.
 
-  python tools/multiworker_check.py [--steps=6] [--workdir=DIR]
+  python -m tools.multiworker_check [--steps=6] [--workdir=DIR]
 
 Starts two worker processes with TF_CONFIG pointing at two free local ports; each runs
 `trainer.train_lib.Trainer` (the same loop as trainer/train.py) on the stand-in net of
@@ -34,13 +34,12 @@ def _free_ports(n: int):
 
 def worker(workdir: str, steps: int) -> None:
   """Body of one worker process (TF_CONFIG is already set)."""
-  sys.path.insert(0, ROOT)
   import keras  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from trainer import distribution  # pylint: disable=g-import-not-at-top
-  from trainer import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from trainer import testing_utils  # pylint: disable=g-import-not-at-top
-  from trainer import train_lib  # pylint: disable=g-import-not-at-top
+  from trainer import distribution  # lazy: TF only in workers
+  from trainer import optimizer as optimizer_lib  # lazy: TF only in workers
+  from trainer import testing_utils  # lazy: TF only in workers
+  from trainer import train_lib  # lazy: TF only in workers
   strategy = distribution.get_strategy("multi_worker")
   task = json.loads(os.environ["TF_CONFIG"])["task"]
   keras.utils.set_random_seed(0)
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
                                      "task": {"type": "worker", "index": index}}))
     log = open(os.path.join(workdir, f"worker_{index}.log"), "w")
     procs.append((subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--worker", f"--workdir={workdir}",
+        [sys.executable, "-m", "tools.multiworker_check", "--worker", f"--workdir={workdir}",
          f"--steps={args.steps}"], cwd=ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT), log))
   codes = []

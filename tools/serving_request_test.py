@@ -14,17 +14,18 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab2_kmax import export, inference
-from deeplab2_kmax.export_test import _info
-from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
+from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.app import saved_model
+from deeplab2_kmax.app.export_test import _info
+from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 from tools import serving_request as client
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
   base = tmp_path_factory.mktemp("serving")
-  predictor = inference.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
-  loaded = tf.saved_model.load(export.export_saved_model(predictor, _info(), str(base / "m")))
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
+  loaded = tf.saved_model.load(saved_model.export_saved_model(predictor, _info(), str(base / "m")))
   paths = []
   for i, size in enumerate([(40, 70), (40, 70), (33, 50)]):
     paths.append(str(base / f"im{i}.png"))

@@ -6,7 +6,6 @@ It prints the final weights' checksum and saves them with numpy.
 """
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -87,9 +86,9 @@ def main(argv=None):
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
-  from trainer import checkpointing  # pylint: disable=g-import-not-at-top
-  from trainer import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from trainer import train_lib  # pylint: disable=g-import-not-at-top
+  from trainer import checkpointing  # lazy: TF after argparse
+  from trainer import optimizer as optimizer_lib  # lazy: TF after argparse
+  from trainer import train_lib  # lazy: TF after argparse
   keras.utils.set_random_seed(0)
   tf.config.experimental.enable_op_determinism()
   strategy = tf.distribute.get_strategy()
@@ -122,5 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   sys.exit(main())

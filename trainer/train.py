@@ -116,11 +116,11 @@ def main(argv):
   print(f"final: {summary}", flush=True)
 
 
-def run():
+def entry():
   """Console script `kmax-train`."""
   define_flags()
   cli.run(main)
 
 
 if __name__ == "__main__":
-  run()
+  entry()

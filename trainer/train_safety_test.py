@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.cli_test import refusal_line
+from deeplab2_kmax.core.cli_test import refusal_line
 from data import converter
 from data import input_pipeline
 from data import make_synthetic

@@ -82,7 +82,7 @@ def test_train_and_eval_then_eval_mode_end_to_end(tmp_path):
 
 @pytest.mark.slow  # two TF processes talking gRPC on 127.0.0.1 (~30 s on 2 cores)
 def test_two_process_multi_worker_identical_weights(tmp_path):
-  proc = subprocess.run([PY, "tools/multiworker_check.py", f"--workdir={tmp_path}"],
+  proc = subprocess.run([PY, "-m", "tools.multiworker_check", f"--workdir={tmp_path}"],
                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   assert proc.returncode == 0 and report["ok"], report

@@ -128,3 +128,9 @@ def main(argv):
   print(format_table(metrics["panoptic_quality"]))
   print(json.dumps({k: metrics[k] for k in ("pq", "sq", "rq", "pq_th", "pq_st", "miou")
                     + (("ap", "ap50") if "ap" in metrics else ())}))
+
+
+def entry():
+  """`python evaluation/evaluate.py` and the `kmax-evaluate` command."""
+  define_flags()
+  cli.run(main)

@@ -1,4 +1,4 @@
-"""Tests for deeplab2_kmax/visualization.py on hand-made label maps."""
+"""Tests for deeplab2_kmax/app/visualization.py on hand-made label maps."""
 import numpy as np
 import pytest
 from PIL import Image

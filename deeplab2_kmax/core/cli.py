@@ -96,11 +96,30 @@ def call(fn: Callable, *args, verbose: bool = False):
   fail(message)
 
 
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort")
+
+
+def print_help(main: Callable) -> None:
+  """The usage of the command whose `main` this is: its module's docstring and the flags
+  that module defines (absl's own --help lists only flags of the `__main__` module,
+  empty for console scripts and thin `python -m` entries)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  name = main.__module__
+  module = sys.modules.get(name)
+  doc = (module.__doc__ or "").strip() if module is not None else ""
+  defined_in = sys.argv[0] if name == "__main__" else name  # absl's key for __main__
+  print(f"{doc}\n\nflags (--helpfull: all):\n{flags.FLAGS.module_help(defined_in)}")
+
+
 def run(main: Callable, argv=None) -> None:
-  """absl's `app.run(main)` with one-line refusals (see the module docstring)."""
+  """absl's `app.run(main)` with one-line refusals (see the module docstring); --help
+  prints the command's usage and flags (`print_help`) and exits with status 0."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Print the traceback of refused inputs too.")
+  if any(arg in _HELP_FLAGS for arg in (sys.argv if argv is None else argv)[1:]):
+    print_help(main)
+    sys.exit(0)
   app.run(lambda args: call(main, args, verbose=flags.FLAGS.verbose), argv=argv,
           flags_parser=_parse_flags)

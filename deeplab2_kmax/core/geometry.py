@@ -44,6 +44,18 @@ def check_input_size(input_size: Optional[Sequence[int]],
   return height, width
 
 
+def parse_input_size(text: Optional[str],
+                     flag: str = "--input_size") -> Optional[Tuple[int, int]]:
+  """'H,W' -> (H, W), validated by `check_input_size`; '' / None -> None."""
+  if not text:
+    return None
+  try:
+    values = [int(v) for v in text.split(",")]
+  except ValueError as e:
+    raise UserError(f"{flag}={text}: must be H,W integers") from e
+  return check_input_size(values, flag)
+
+
 @gin.configurable
 def eval_input_size(size: Optional[Sequence[int]] = None) -> Optional[Tuple[int, int]]:
   """The padded eval / export / predict input size (H, W), or None (see the module

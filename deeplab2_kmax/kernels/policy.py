@@ -23,6 +23,8 @@ from typing import Iterator, Optional
 import gin
 import keras
 
+from deeplab2_kmax.kernels import portable_ops
+
 ENV_VAR = "KMAX_FAST_PATHS"
 _OFF = ("0", "false", "off", "no")
 _forced: Optional[bool] = None
@@ -75,8 +77,10 @@ def compiled_by_xla() -> bool:
 
 
 def tf_library_kernels() -> bool:
-  """Whether ops built now run as TensorFlow's own kernels: TF backend, outside XLA."""
-  return backend() == "tensorflow" and not compiled_by_xla()
+  """Whether ops built now run as TensorFlow's own kernels: TF backend, outside XLA and
+  outside a trace for another runtime (`portable_ops.portable_graph()`)."""
+  return (backend() == "tensorflow" and not compiled_by_xla()
+          and not portable_ops.active())
 
 
 def cpu_only() -> bool:

@@ -21,6 +21,7 @@ from keras import ops
 
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.kernels import portable_ops
 
 
 def cluster_assignment(mask_logits, num_clusters: Optional[int] = None):
@@ -30,7 +31,7 @@ def cluster_assignment(mask_logits, num_clusters: Optional[int] = None):
   is wrapped in stop_gradient (argmax has no gradient; this makes it explicit).
   """
   num_clusters = num_clusters or mask_logits.shape[-1]
-  index = ops.cast(ops.argmax(mask_logits, axis=-1), "int32")
+  index = portable_ops.argmax(mask_logits, axis=-1)  # ops.argmax, exportable
   one_hot = ops.one_hot(index, num_clusters, dtype=mask_logits.dtype)
   return index, ops.stop_gradient(one_hot)
 

@@ -207,6 +207,12 @@ def main(argv):
     raise cli.UserError(str(e)) from e
 
 
-if __name__ == "__main__":
+
+def entry():
+  """Console-script entry point."""
   define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry()

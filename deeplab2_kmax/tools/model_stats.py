@@ -29,13 +29,13 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 import gin
 import keras
 import numpy as np
 
 from deeplab2_kmax.app import configs
+from deeplab2_kmax.core import cli
 from deeplab2_kmax import model as model_lib
 
 # Paper numbers (docs/PAPER.md §5, the paper's Tables 1–3): params in M, GMACs at 1200×800.
@@ -266,10 +266,10 @@ def main(argv):
     print(markdown_table(rows))
     return
   if not FLAGS.gin_file:
-    raise app.UsageError("--gin_file: required (a config.gin, or pass --all)")
+    raise cli.UserError("--gin_file: required (a config.gin, or pass --all)")
   for path in FLAGS.gin_file:
     if not os.path.exists(path):
-      raise app.UsageError(f"--gin_file={path}: no such file")
+      raise cli.UserError(f"--gin_file={path}: no such file")
   stats = stats_for_config(FLAGS.gin_file, FLAGS.gin_bindings, root=FLAGS.root,
                            height=FLAGS.height,
                            width=FLAGS.width, num_classes=FLAGS.num_classes,
@@ -277,7 +277,12 @@ def main(argv):
   print(json.dumps({"gin_file": ",".join(FLAGS.gin_file), **stats}))
 
 
-if __name__ == "__main__":
-  from deeplab2_kmax.core import cli  # pylint: disable=g-import-not-at-top
+
+def entry():
+  """Console-script entry point."""
   define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  entry()

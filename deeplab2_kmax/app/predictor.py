@@ -1,7 +1,7 @@
 """The one inference path: image -> padded input -> model -> merger -> maps at original size.
 
-Export (`export.py`), the inference CLI (`predict.py`), the cluster figure and the
-evaluation all call `PanopticPredictor`, so a SavedModel and the Python path run the
+Export (`saved_model.py`, `export_formats/`), the inference CLI (`predict.py`), the
+cluster figure and the evaluation all call `PanopticPredictor`, so a SavedModel and the Python path run the
 same TensorFlow function on the same padded tensor and give identical maps by
 construction. This module is the only place where resize / pad / crop logic lives.
 
@@ -32,12 +32,15 @@ import tensorflow as tf
 
 from data import preprocessing
 from deeplab2_kmax.app import checkpoints
-from deeplab2_kmax.core.cli import UserError
+from deeplab2_kmax.app import configs
+from deeplab2_kmax.app.input_checks import guarded, inspect_encoded
+from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from deeplab2_kmax.core import geometry
+from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.geometry import check_input_size
 from deeplab2_kmax.core.geometry import padded_length
-from deeplab2_kmax.input_checks import guarded, inspect_encoded
-from deeplab2_kmax.post_processing import check_merger_stride
+from deeplab2_kmax.model import build_model
+from deeplab2_kmax.post_processing import MaskWiseMerger, check_merger_stride
 
 PAD_VALUE = preprocessing.IMAGE_PAD_VALUE  # 127.5: 0 after the model's x / 127.5 - 1
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
@@ -270,22 +273,12 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
   """gin config + checkpoint + dataset_info.json -> a restored PanopticPredictor (the
   Python path every CLI shares). A dataset_info.json beside the checkpoint (the
   trainer's copy) must agree with `dataset_info`."""
-  import gin
-  from deeplab2_kmax.core import cli
-  from deeplab2_kmax.core import dataset_info as dataset_info_lib
-  # Every gin-configurable module must be imported before parsing (gin locks the
-  # config afterwards); model.py imports the backbones lazily.
-  from deeplab2_kmax import backbones  # noqa: F401  pylint: disable=unused-import
-  from deeplab2_kmax.model import build_model
-  from deeplab2_kmax.post_processing import MaskWiseMerger
-
   if not gin_files:
-    raise cli.UserError("--gin_file: required (the config the checkpoint was trained with)")
+    raise UserError("--gin_file: required (the config the checkpoint was trained with)")
   # skip_unknown: training configs also bind the trainer / input pipeline, which
   # inference does not import; bindings of the model and merger are still checked.
-  # unlock: a process may build several predictors (parsing locks the config).
-  with gin.unlock_config():
-    cli.parse_gin(gin_files, gin_bindings, skip_unknown=True)
+  # A process may build several predictors (parse_config unlocks the config).
+  configs.parse_config(gin_files, gin_bindings, skip_unknown=True)
   info = dataset_info_lib.as_dataset_info(dataset_info)
   prefix = checkpoints.resolve_checkpoint(checkpoint)
   if not isinstance(dataset_info, dataset_info_lib.DatasetInfo):

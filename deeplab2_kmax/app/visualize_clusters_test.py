@@ -1,15 +1,16 @@
-"""Tests for deeplab2_kmax/visualize_clusters.py."""
+"""Tests for deeplab2_kmax/app/visualize_clusters.py."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab2_kmax.export_test import TINY_GIN, _info, run_cli, write_tiny_checkpoint
-from deeplab2_kmax import inference, visualize_clusters
-from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
+from deeplab2_kmax.app.export_test import TINY_GIN, _info, run_cli, write_tiny_checkpoint
+from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.app import visualize_clusters
+from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 
 def test_cluster_maps_cover_only_the_image():
-  predictor = inference.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
   image = random_image(40, 70)
   maps, strides, num_clusters = visualize_clusters.cluster_maps(predictor, image)
   # The stand-in's two "layers" sit on stride-8 and stride-4 grids of the 65x97 input.
@@ -32,7 +33,7 @@ def test_real_model_figure(tmp_path):
   model = build_model(num_classes=3)
   merger = permissive_merger()
   gin.clear_config()
-  predictor = inference.PanopticPredictor(model, merger, D, IGNORE)
+  predictor = predictor_lib.PanopticPredictor(model, merger, D, IGNORE)
   image = random_image(50, 70, seed=4)
   maps, strides, num_clusters = visualize_clusters.cluster_maps(predictor, image)
   assert strides == [32, 16, 8] and num_clusters == 16

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.app import checkpoints
+from deeplab2_kmax.app import checkpoints, export, saved_model
+from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.core.dataset_info import DatasetInfo
-from deeplab2_kmax import export, inference
-from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
+from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 SIZES = [(33, 33), (40, 70), (71, 45), (97, 130)]
 
@@ -76,21 +76,21 @@ def _isolated_python(args, cwd):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
   base = tmp_path_factory.mktemp("export")
-  predictor = inference.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
-  path = export.export_saved_model(predictor, _info(), str(base / "serving"))
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
+  path = saved_model.export_saved_model(predictor, _info(), str(base / "serving"))
   return predictor, path, base
 
 
 def test_version_folders(exported, tmp_path):
   _, path, base = exported
   assert path == str(base / "serving" / "1")
-  assert export.next_version(str(base / "serving")) == 2
-  assert export.resolve_saved_model(str(base / "serving")) == path
+  assert saved_model.next_version(str(base / "serving")) == 2
+  assert saved_model.resolve_saved_model(str(base / "serving")) == path
   assert os.listdir(base / "serving") == ["1"]  # no staging leftovers
   with pytest.raises(ValueError, match="already exists"):
-    export.export_saved_model(exported[0], _info(), str(base / "serving"), version=1)
+    saved_model.export_saved_model(exported[0], _info(), str(base / "serving"), version=1)
   with pytest.raises(ValueError, match="--saved_model"):
-    export.resolve_saved_model(str(tmp_path))
+    saved_model.resolve_saved_model(str(tmp_path))
 
 
 def test_isolated_load_equals_python_path(exported, tmp_path):
@@ -107,7 +107,7 @@ def test_isolated_load_equals_python_path(exported, tmp_path):
     want = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
     assert want["num_segments"] > 1  # the comparison covers real segments
     for sig in ("bytes", "images"):
-      for key, name in export.OUTPUT_NAMES.items():
+      for key, name in saved_model.OUTPUT_NAMES.items():
         if key == "image_size":
           np.testing.assert_array_equal(out[f"{sig}{i}_{name}"], [image.shape[:2]])
           continue
@@ -133,13 +133,6 @@ def test_saved_model_cli_lists_signatures(exported):
                "inputs['image_bytes']", "inputs['images']", "outputs['panoptic_map']",
                "outputs['num_segments']", "DT_UINT8", "DT_STRING"):
     assert text in proc.stdout
-
-
-def test_parse_input_size():
-  assert export.parse_input_size("") is None
-  assert export.parse_input_size("641,513") == (641, 513)
-  with pytest.raises(ValueError, match="--input_size"):
-    export.parse_input_size("641x513")
 
 
 # ------------------------------------------------------------ the real model, via the CLI
@@ -213,7 +206,7 @@ def run_cli(module, argv):
 
 @pytest.mark.slow  # builds, checkpoints and exports a real (tiny) model: ~30 s on 2 cores
 def test_export_cli_real_model_equals_python_path(tmp_path):
-  from deeplab2_kmax.serving_safety_test import log_messages  # pylint: disable=g-import-not-at-top
+  from deeplab2_kmax.app.serving_safety_test import log_messages  # pylint: disable=g-import-not-at-top
   gin_path, prefix, info_path = write_tiny_checkpoint(tmp_path)
   with log_messages() as messages:
     path = run_cli(export, [f"--gin_file={gin_path}", f"--checkpoint={prefix}",
@@ -221,7 +214,7 @@ def test_export_cli_real_model_equals_python_path(tmp_path):
   assert path == str(tmp_path / "s" / "1")
   assert messages and not [m for m in messages if "unknown_" in m or len(m) > 1000]
   loaded = tf.saved_model.load(path)
-  predictor = inference.load_predictor([gin_path], [], prefix, info_path)
+  predictor = predictor_lib.load_predictor([gin_path], [], prefix, info_path)
   for h, w in [(33, 33), (50, 70)]:
     image = random_image(h, w, seed=h * w)
     want = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
@@ -229,7 +222,7 @@ def test_export_cli_real_model_equals_python_path(tmp_path):
     by_bytes = loaded.signatures["serving_default"](
         image_bytes=tf.constant([tf.io.encode_png(image).numpy()]))
     by_array = loaded.signatures["serve_images"](images=tf.constant(image[None]))
-    for key, name in export.OUTPUT_NAMES.items():
+    for key, name in saved_model.OUTPUT_NAMES.items():
       if key != "image_size":
         np.testing.assert_array_equal(by_bytes[name][0].numpy(), want[key], err_msg=name)
         np.testing.assert_array_equal(by_array[name][0].numpy(), want[key], err_msg=name)
@@ -241,7 +234,7 @@ def test_cli_errors_name_the_flag(tmp_path):
   with pytest.raises(ValueError, match="--checkpoint=.*holds no checkpoint"):
     checkpoints.resolve_checkpoint(str(tmp_path))
   with pytest.raises(ValueError, match="--gin_file=.*no such file"):
-    inference.load_predictor([str(tmp_path / "x.gin")], [], "ckpt", _info())
+    predictor_lib.load_predictor([str(tmp_path / "x.gin")], [], "ckpt", _info())
 
 
 def test_verify_export_on_a_tfrecord_split(exported, tmp_path):
@@ -255,11 +248,11 @@ def test_verify_export_on_a_tfrecord_split(exported, tmp_path):
       writer.write(tfrecord_format.make_example(
           tf.io.encode_jpeg(image).numpy(), "jpeg", h, w, i, f"{i}.jpg",
           label).SerializeToString())
-  result = export.verify_export(path, predictor, str(tmp_path / "val-*"))
+  result = saved_model.verify_export(path, predictor, str(tmp_path / "val-*"))
   assert result == {"images": 2, "pixels": 40 * 70 + 57 * 33, "mismatched_pixels": 0}
-  assert export.verify_export(path, predictor, record, max_examples=1)["images"] == 1
-  other = inference.PanopticPredictor(tiny_model(seed=5), permissive_merger(), D, IGNORE)
+  assert saved_model.verify_export(path, predictor, record, max_examples=1)["images"] == 1
+  other = predictor_lib.PanopticPredictor(tiny_model(seed=5), permissive_merger(), D, IGNORE)
   with pytest.raises(RuntimeError, match="differs from the checkpoint's Python path"):
-    export.verify_export(path, other, record)
+    saved_model.verify_export(path, other, record)
   with pytest.raises(ValueError, match="--verify_tfrecord"):
-    export.verify_export(path, predictor, str(tmp_path / "none-*"))
+    saved_model.verify_export(path, predictor, str(tmp_path / "none-*"))

@@ -1,4 +1,4 @@
-"""Tests for deeplab2_kmax/predict.py: COCO panoptic files + overlays from a SavedModel
+"""Tests for app/predict.py and app/runners.py: COCO panoptic files + overlays from a
 equal those of the Python path."""
 import json
 import os
@@ -8,16 +8,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from deeplab2_kmax import export, inference, predict
-from deeplab2_kmax.export_test import _info
-from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
+from deeplab2_kmax.app import predict, runners, saved_model
+from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.app.export_test import _info
+from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   base = tmp_path_factory.mktemp("predict")
-  predictor = inference.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
-  export.export_saved_model(predictor, _info(), str(base / "serving"))
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE)
+  saved_model.export_saved_model(predictor, _info(), str(base / "serving"))
   images = base / "images"
   images.mkdir()
   Image.fromarray(random_image(40, 70, seed=1)).save(images / "a.png")
@@ -33,7 +34,7 @@ def _read_ids(path):
 
 def test_saved_model_predictions_written_in_coco_format(setup):
   predictor, base = setup
-  info, run = predict.saved_model_runner(str(base / "serving"))
+  info, run = runners.saved_model_runner(str(base / "serving"))
   assert info.names == ["person", "sky", "road"]
   files = predict.list_images(str(base / "images" / "*"))
   out = base / "out_saved"
@@ -55,7 +56,7 @@ def test_saved_model_predictions_written_in_coco_format(setup):
 
   # The Python path writes the same PNGs.
   def python_run(data, path):
-    image = predict.decode_image(data, path)
+    image = runners.decode_image(data, path)
     return image, {k: v.numpy() for k, v in predictor.predict_image(image).items()}
 
   predict.predict_files(info, python_run, files, str(base / "out_python"))
@@ -81,13 +82,13 @@ def test_bad_inputs_name_the_flag_or_file(tmp_path):
   with pytest.raises(ValueError, match="both be written as im.png"):
     predict.list_images(str(tmp_path / "im.*"))
   with pytest.raises(ValueError, match="broken.jpg: not a decodable image"):
-    predict.decode_image(b"garbage", "broken.jpg")
+    runners.decode_image(b"garbage", "broken.jpg")
   with pytest.raises(ValueError, match="--saved_model"):
-    predict.saved_model_runner(str(tmp_path))
+    runners.saved_model_runner(str(tmp_path))
 
 
 def test_cli_with_saved_model(setup, capsys):
-  from deeplab2_kmax.export_test import run_cli
+  from deeplab2_kmax.app.export_test import run_cli
   _, base = setup
   out = base / "out_cli"
   json_path = run_cli(predict, [f"--saved_model={base / 'serving'}",
@@ -99,7 +100,7 @@ def test_cli_with_saved_model(setup, capsys):
   assert sorted(os.listdir(out / "overlay")) == ["a.png", "c.png"]
   with Image.open(out / "overlay" / "a.png") as overlay:
     assert overlay.size == (140, 80)
-  with pytest.raises(ValueError, match="not both"):
+  with pytest.raises(ValueError, match="pass one of them, not several"):
     run_cli(predict, ["--saved_model=x", "--checkpoint=y", "--images=z", "--output_dir=o"])
   with pytest.raises(ValueError, match="--input_size: fixed at export time"):
     run_cli(predict, [f"--saved_model={base / 'serving'}", "--input_size=65,65",

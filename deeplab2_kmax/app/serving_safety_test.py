@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax import export, inference, input_checks
-from deeplab2_kmax.export_test import _info
-from deeplab2_kmax.inference_test import D, IGNORE, permissive_merger, random_image, tiny_model
+from deeplab2_kmax.app import export, input_checks, saved_model
+from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.app.export_test import _info
+from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
 LIMIT = 48 * 48
 
@@ -18,10 +19,10 @@ LIMIT = 48 * 48
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
   """(the loaded SavedModel of a tiny model with a small pixel limit, its export log)."""
-  predictor = inference.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE,
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), permissive_merger(), D, IGNORE,
                                           max_image_pixels=LIMIT)
   with log_messages() as messages:
-    path = export.export_saved_model(predictor, _info(),
+    path = saved_model.export_saved_model(predictor, _info(),
                                      str(tmp_path_factory.mktemp("s") / "serving"))
   return tf.saved_model.load(path), messages
 
@@ -123,7 +124,7 @@ def test_export_drops_the_renamed_input_names_wall(served):
   absl_logger = logging.getLogger("absl")
   absl_logger.addHandler(handler)
   try:
-    with export._quiet_signature_renames():  # pylint: disable=protected-access
+    with saved_model._quiet_signature_renames():  # pylint: disable=protected-access
       absl_logger.warning("Function `f` contains input name(s) 1, 2 with unsupported "
                           "characters which will be renamed to unknown, unknown_0 in the "
                           "SavedModel.")

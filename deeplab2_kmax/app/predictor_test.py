@@ -1,4 +1,4 @@
-"""Tests for deeplab2_kmax/inference.py, plus the stand-ins the export / predict tests import.
+"""Tests for deeplab2_kmax/app/predictor.py, plus the stand-ins the export / predict tests import.
 
 `tiny_model` is a real (tiny) keras model with the DESIGN.md output contract, and
 `ArgmaxMerger` a simple, exactly-specified merger (align-corners upsampling, argmax over
@@ -38,7 +38,7 @@ def tiny_model(num_classes: int = 3, num_masks: int = 6, seed: int = 0) -> keras
 class ArgmaxMerger:
   """Every pixel joins its argmax mask; mask class = argmax over real classes; class 0 is
   a thing (instance = mask index + 1), the others are stuff. Upsampling: bilinear with
-  aligned corners (the geometry `inference.py` assumes of `MaskWiseMerger`)."""
+  aligned corners (the geometry `app.predictor.py` assumes of `MaskWiseMerger`)."""
 
   def __init__(self, num_classes: int = 3, label_divisor: int = D):
     self.num_classes = num_classes
@@ -73,13 +73,13 @@ def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------- tests
 import pytest  # noqa: E402
 
-from deeplab2_kmax.app import checkpoints  # noqa: E402
+from deeplab2_kmax.app import checkpoints, configs  # noqa: E402
 from deeplab2_kmax.core import geometry  # noqa: E402
-from deeplab2_kmax import inference  # noqa: E402
+from deeplab2_kmax.app import predictor as predictor_lib  # noqa: E402
 
 
 def _predictor(input_size=None):
-  return inference.PanopticPredictor(tiny_model(), ArgmaxMerger(), D, IGNORE,
+  return predictor_lib.PanopticPredictor(tiny_model(), ArgmaxMerger(), D, IGNORE,
                                      input_size=input_size)
 
 
@@ -87,10 +87,10 @@ def test_padded_length():
   assert [geometry.padded_length(n) for n in (1, 33, 34, 64, 65, 66, 641)] == \
       [33, 33, 65, 65, 65, 97, 641]
   assert int(geometry.padded_length(tf.constant(66))) == 97
-  assert [inference.covering_grid(n, 4) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
-  assert [inference.covering_grid(n, 2) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
-  assert list(inference.mask_stride(tf.constant([65, 97]), tf.zeros([1, 17, 25, 2]))) == [4, 4]
-  assert list(inference.mask_stride(tf.constant([65, 33]), tf.zeros([1, 33, 17, 2]))) == [2, 2]
+  assert [predictor_lib.covering_grid(n, 4) for n in (1, 2, 5, 6, 33)] == [1, 2, 2, 3, 9]
+  assert [predictor_lib.covering_grid(n, 2) for n in (1, 2, 3, 4)] == [1, 2, 2, 3]
+  assert list(predictor_lib.mask_stride(tf.constant([65, 97]), tf.zeros([1, 17, 25, 2]))) == [4, 4]
+  assert list(predictor_lib.mask_stride(tf.constant([65, 33]), tf.zeros([1, 33, 17, 2]))) == [2, 2]
 
 
 def test_check_input_size_names_the_flag():
@@ -104,7 +104,7 @@ def test_check_input_size_names_the_flag():
 
 def test_prepare_image_pads_with_mean_pixel():
   image = random_image(40, 70)
-  x, inner = inference.prepare_image(image)
+  x, inner = predictor_lib.prepare_image(image)
   assert x.shape == (1, 65, 97, 3) and list(inner.numpy()) == [40, 70]
   np.testing.assert_array_equal(x[0, :40, :70].numpy(), image.astype(np.float32))
   assert np.all(x[0, 40:].numpy() == 127.5) and np.all(x[0, :, 70:].numpy() == 127.5)
@@ -112,12 +112,12 @@ def test_prepare_image_pads_with_mean_pixel():
 
 def test_prepare_image_with_input_size_is_the_eval_pipeline_preprocessing():
   from data import preprocessing
-  x, inner = inference.prepare_image(random_image(100, 50), (65, 97))
+  x, inner = predictor_lib.prepare_image(random_image(100, 50), (65, 97))
   assert x.shape == (1, 65, 97, 3) and list(inner.numpy()) == [65, 32]
   assert np.all(x[0, :, 32:].numpy() == 127.5)
   # Small images are padded, not enlarged, exactly as the eval input pipeline does.
   image = random_image(40, 70)
-  x, inner = inference.prepare_image(image, (97, 129))
+  x, inner = predictor_lib.prepare_image(image, (97, 129))
   want, _ = preprocessing.resize_to_fit_and_pad(
       tf.cast(image, tf.float32), tf.zeros([40, 70], tf.int32), (97, 129), 0)
   np.testing.assert_array_equal(x[0].numpy(), want.numpy())
@@ -131,9 +131,9 @@ def test_predict_image_equals_merging_the_padded_output_then_cropping(size):
   predictor = _predictor()
   image = random_image(*size, seed=size[0])
   pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
-  x, _ = inference.prepare_image(image)
+  x, _ = predictor_lib.prepare_image(image)
   full = ArgmaxMerger()(predictor.model(x, training=False), x.shape[1:3])
-  for key in inference.MAP_KEYS:
+  for key in predictor_lib.MAP_KEYS:
     assert pred[key].shape == size
     np.testing.assert_array_equal(pred[key], full[key][0, :size[0], :size[1]].numpy())
   assert pred["segment_classes"].shape == (6,) and pred["num_segments"] == 6
@@ -188,13 +188,13 @@ def permissive_merger():
 @pytest.mark.parametrize("size", [(33, 65), (45, 38)])
 def test_real_merger_on_cropped_grid_equals_merger_on_full_padded_output(size):
   merger = permissive_merger()
-  predictor = inference.PanopticPredictor(tiny_model(), merger, D, IGNORE)
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), merger, D, IGNORE)
   image = random_image(*size, seed=7)
   pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
-  x, _ = inference.prepare_image(image)
+  x, _ = predictor_lib.prepare_image(image)
   full = merger(predictor.model(x, training=False), x.shape[1:3], original_size=size)
   assert pred["num_segments"] > 1
-  for key in inference.MAP_KEYS + inference.SEGMENT_KEYS + ("num_segments",):
+  for key in predictor_lib.MAP_KEYS + predictor_lib.SEGMENT_KEYS + ("num_segments",):
     np.testing.assert_array_equal(pred[key], full[key][0].numpy(), err_msg=key)
 
 
@@ -226,8 +226,7 @@ def test_untracked_variables_are_refused(tmp_path):
 
 
 # ------------------------------------------------------------- stride-2 (Cityscapes R50)
-REPO = __import__("os").path.dirname(__import__("os").path.dirname(
-    __import__("os").path.abspath(__file__)))
+REPO = configs.REPO_ROOT
 # configs/cityscapes/kmax_r50.gin shrunk to a tiny CPU model: five pixel-decoder stages,
 # the last fusing the ResNet stem, so mask logits at stride 2. Merge thresholds low
 # enough for an untrained model (also checks that load_predictor's merger reads gin).
@@ -270,32 +269,32 @@ def test_stride2_cityscapes_model_predicts_maps_of_the_image_size(tmp_path):
       v.assign(tf.fill(v.shape, 30.0))
   prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
   try:
-    predictor = inference.load_predictor([gin_file], TINY_CITYSCAPES, prefix, info)
+    predictor = predictor_lib.load_predictor([gin_file], TINY_CITYSCAPES, prefix, info)
     merger = predictor.merger
   finally:
     gin.clear_config()
   assert merger.mask_stride == 2 and merger.thing_area_limit == 1
   assert predictor.input_size == (1025, 2049)  # the config's eval_input_size
-  predictor = inference.PanopticPredictor(predictor.model, merger, 1000, IGNORE)
+  predictor = predictor_lib.PanopticPredictor(predictor.model, merger, 1000, IGNORE)
   for size in [(33, 65), (45, 38), (1, 1), (70, 41)]:
     image = random_image(*size, seed=size[0])
     pred = {k: v.numpy() for k, v in predictor.predict_image(image).items()}
-    for key in inference.MAP_KEYS:
+    for key in predictor_lib.MAP_KEYS:
       assert pred[key].shape == size, key
-    x, _ = inference.prepare_image(image)
+    x, _ = predictor_lib.prepare_image(image)
     outputs = predictor.model(x, training=False)
     assert outputs["mask_logits"].shape[1] == (x.shape[1] - 1) // 2 + 1
     full = merger(outputs, x.shape[1:3], original_size=size)
-    for key in inference.MAP_KEYS + inference.SEGMENT_KEYS + ("num_segments",):
+    for key in predictor_lib.MAP_KEYS + predictor_lib.SEGMENT_KEYS + ("num_segments",):
       np.testing.assert_array_equal(pred[key], full[key][0].numpy(), err_msg=key)
     if size[0] > 1:
       assert pred["num_segments"] >= 1
-  resized = inference.PanopticPredictor(model, merger, 1000, IGNORE, input_size=(65, 65))
+  resized = predictor_lib.PanopticPredictor(model, merger, 1000, IGNORE, input_size=(65, 65))
   assert resized.predict_image(random_image(130, 90))["panoptic"].shape == (130, 90)
   # A merger built for stride-4 logits is refused with a clear error.
   stride4 = MaskWiseMerger(**{**merger.get_config(), "mask_stride": 4})
   with pytest.raises(ValueError, match="mask_stride=4 differs from the model's output_stride=2"):
-    inference.PanopticPredictor(model, stride4, 1000, IGNORE)
+    predictor_lib.PanopticPredictor(model, stride4, 1000, IGNORE)
 
 
 def test_stride_check_at_run_time_names_the_merger_stride():
@@ -303,6 +302,6 @@ def test_stride_check_at_run_time_names_the_merger_stride():
   shapes tell."""
   from deeplab2_kmax.post_processing import MaskWiseMerger
   merger = MaskWiseMerger(**{**permissive_merger().get_config(), "mask_stride": 2})
-  predictor = inference.PanopticPredictor(tiny_model(), merger, D, IGNORE)
+  predictor = predictor_lib.PanopticPredictor(tiny_model(), merger, D, IGNORE)
   with pytest.raises(tf.errors.InvalidArgumentError, match="mask_stride=2 differs"):
     predictor.predict_image(random_image(33, 33))
