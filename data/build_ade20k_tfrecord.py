@@ -15,35 +15,16 @@ refused unless --overwrite (`data/converter.py`).
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, Sequence
 
 from absl import flags
 
 from data import ade20k_categories
-from data import converter
+from data import converter, converter_cli
 from data.panoptic_io import DataValidationError
 from deeplab2_kmax.core import cli
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 
 IMAGE_FOLDERS = {"train": "training", "val": "validation"}
-
-
-def check_json_categories(json_categories: Sequence[dict[str, Any]], json_path: str,
-                          info: DatasetInfo) -> None:
-  """The JSON's categories must be ADE20K-150 ids 0..149 with the right isthing flags."""
-  known = {c.id: c for c in info.categories}
-  for cat in json_categories:
-    cid = int(cat["id"])
-    if cid not in known:
-      raise DataValidationError(
-          f"{json_path}: category id {cid} ({cat.get('name')}) is not an ADE20K-150 id "
-          f"0..{info.num_classes - 1} (0-based, as prepare_ade20k_pan_seg.py writes)")
-    if "isthing" in cat and int(cat["isthing"]) != known[cid].isthing:
-      raise DataValidationError(
-          f"{json_path}: category id {cid} ({cat.get('name')}) has isthing "
-          f"{int(cat['isthing'])}, but ADE20K-150 class {cid} is {known[cid].name!r} with "
-          f"isthing {known[cid].isthing} (are the ids shifted by one?)")
 
 
 def convert_ade20k(ade20k_root: str, split: str, output_dir: str, num_shards: int,
@@ -56,7 +37,10 @@ def convert_ade20k(ade20k_root: str, split: str, output_dir: str, num_shards: in
   tasks, categories = converter.tasks_from_panoptic_json(
       json_path, os.path.join(ade20k_root, f"ade20k_panoptic_{split}"), image_dir)
   info = ade20k_categories.ade20k_info()
-  check_json_categories(categories, json_path, info)
+  converter_cli.check_json_categories(
+      categories, json_path, info, "ADE20K-150",
+      f"an ADE20K-150 id 0..{info.num_classes - 1} (0-based, as prepare_ade20k_pan_seg.py "
+      "writes)", " (are the ids shifted by one?)")
   return converter.convert(tasks, info, output_dir, split, num_shards, num_workers,
                            source=json_path, overwrite=overwrite)
 
@@ -66,25 +50,16 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   flags.DEFINE_string("ade20k_root", None, "Folder with images/ and ade20k_panoptic_*.")
-  flags.DEFINE_string("split", "val", "train | val.")
-  flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
-  flags.DEFINE_integer("num_shards", 10, "Number of shards.")
-  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
-  flags.DEFINE_bool("overwrite", False, "Replace another conversion of --split found in "
-                    "--output_dir (its shards are deleted) instead of refusing.")
+  converter_cli.define_output_flags(num_shards=10)
+  flags.adopt_module_key_flags(converter_cli)
   flags.mark_flag_as_required("ade20k_root")
-  flags.mark_flag_as_required("output_dir")
 
 
 def main(argv):
   del argv
-  start = time.time()
-  info = convert_ade20k(FLAGS.ade20k_root, FLAGS.split, FLAGS.output_dir,
-                        FLAGS.num_shards, FLAGS.num_workers, FLAGS.overwrite)
-  n = info.num_examples[FLAGS.split]
-  seconds = time.time() - start
-  print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):.1f} examples/s)")
+  converter_cli.run_and_report(lambda: convert_ade20k(
+      FLAGS.ade20k_root, FLAGS.split, FLAGS.output_dir, FLAGS.num_shards,
+      FLAGS.num_workers, FLAGS.overwrite), FLAGS.split, FLAGS.output_dir)
 
 
 def entry():

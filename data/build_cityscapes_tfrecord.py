@@ -11,12 +11,10 @@ map to the 19 trainIds (8 thing classes). Label divisor 1000, ignore label 255.
 from __future__ import annotations
 
 import os
-import time
 
 from absl import flags
 
-from data import converter
-from data.panoptic_io import DataValidationError
+from data import converter, converter_cli
 from deeplab2_kmax.core import cli
 from deeplab2_kmax.core.dataset_info import Category, DatasetInfo
 
@@ -45,18 +43,6 @@ def cityscapes_info() -> DatasetInfo:
                      ignore_label=IGNORE_LABEL, categories=cats)
 
 
-def _check_categories(json_categories, json_path: str, info: DatasetInfo) -> None:
-  known = {c.id: c for c in info.categories}
-  for cat in json_categories:
-    cid = int(cat["id"])
-    if cid not in known:
-      raise DataValidationError(
-          f"{json_path}: category id {cid} ({cat.get('name')}) is not one of the 19 "
-          "Cityscapes label ids (was the JSON made with --use-train-id?)")
-    if int(cat.get("isthing", known[cid].isthing)) != known[cid].isthing:
-      raise DataValidationError(f"{json_path}: category {cid} has the wrong isthing flag")
-
-
 def convert_cityscapes(cityscapes_root: str, split: str, output_dir: str, num_shards: int,
                        num_workers: int = 1, overwrite: bool = False) -> DatasetInfo:
   gt = os.path.join(cityscapes_root, "gtFine")
@@ -70,7 +56,9 @@ def convert_cityscapes(cityscapes_root: str, split: str, output_dir: str, num_sh
       json_path, os.path.join(gt, f"cityscapes_panoptic_{split}"), image_root,
       image_subpath)
   info = cityscapes_info()
-  _check_categories(categories, json_path, info)
+  converter_cli.check_json_categories(
+      categories, json_path, info, "Cityscapes",
+      "one of the 19 Cityscapes label ids (was the JSON made with --use-train-id?)")
   return converter.convert(tasks, info, output_dir, split, num_shards, num_workers,
                            source=json_path, overwrite=overwrite)
 
@@ -80,25 +68,16 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   flags.DEFINE_string("cityscapes_root", None, "Folder with leftImg8bit/ and gtFine/.")
-  flags.DEFINE_string("split", "val", "train | val.")
-  flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
-  flags.DEFINE_integer("num_shards", 10, "Number of shards.")
-  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
-  flags.DEFINE_bool("overwrite", False, "Replace another conversion of --split found in "
-                    "--output_dir (its shards are deleted) instead of refusing.")
+  converter_cli.define_output_flags(num_shards=10)
+  flags.adopt_module_key_flags(converter_cli)
   flags.mark_flag_as_required("cityscapes_root")
-  flags.mark_flag_as_required("output_dir")
 
 
 def main(argv):
   del argv
-  start = time.time()
-  info = convert_cityscapes(FLAGS.cityscapes_root, FLAGS.split, FLAGS.output_dir,
-                            FLAGS.num_shards, FLAGS.num_workers, FLAGS.overwrite)
-  n = info.num_examples[FLAGS.split]
-  seconds = time.time() - start
-  print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):.1f} examples/s)")
+  converter_cli.run_and_report(lambda: convert_cityscapes(
+      FLAGS.cityscapes_root, FLAGS.split, FLAGS.output_dir, FLAGS.num_shards,
+      FLAGS.num_workers, FLAGS.overwrite), FLAGS.split, FLAGS.output_dir)
 
 
 def entry():

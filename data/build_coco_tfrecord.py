@@ -10,12 +10,9 @@ resumes (complete shards are kept); a different conversion of the split into the
 folder is refused unless --overwrite. Refusals print one line `error: <file/flag>: ...`
 (exit status 2; --verbose for the traceback).
 """
-import os
-import time
-
 from absl import flags
 
-from data import converter
+from data import converter, converter_cli
 from deeplab2_kmax.core import cli
 
 FLAGS = flags.FLAGS
@@ -26,30 +23,22 @@ def _define_flags():
   flags.DEFINE_string("image_dir", None, "Folder of the images (e.g. val2017).")
   flags.DEFINE_string("panoptic_json", None, "COCO panoptic JSON (segments_info, categories).")
   flags.DEFINE_string("panoptic_dir", None, "Folder of the panoptic PNGs.")
-  flags.DEFINE_string("output_dir", None, "Where shards and dataset_info.json go.")
-  flags.DEFINE_string("split", "val", "Split name used in the shard names.")
-  flags.DEFINE_integer("num_shards", 8, "Number of shards.")
-  flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+  converter_cli.define_output_flags(num_shards=8,
+                                    split_help="Split name used in the shard names.")
+  flags.adopt_module_key_flags(converter_cli)
   flags.DEFINE_integer("label_divisor", 256, "Internal label divisor.")
   flags.DEFINE_integer("ignore_label", 255, "Train id of void.")
   flags.DEFINE_string("dataset_name", "coco_panoptic", "Name stored in dataset_info.json.")
-  flags.DEFINE_bool("overwrite", False, "Replace another conversion of --split found in "
-                    "--output_dir (its shards are deleted) instead of refusing.")
-  for _name in ("image_dir", "panoptic_json", "panoptic_dir", "output_dir"):
-    flags.mark_flag_as_required(_name)
+  for name in ("image_dir", "panoptic_json", "panoptic_dir"):
+    flags.mark_flag_as_required(name)
 
 
 def main(argv):
   del argv
-  start = time.time()
-  info = converter.convert_coco_panoptic(
+  converter_cli.run_and_report(lambda: converter.convert_coco_panoptic(
       FLAGS.image_dir, FLAGS.panoptic_json, FLAGS.panoptic_dir, FLAGS.output_dir,
       FLAGS.split, FLAGS.num_shards, FLAGS.num_workers, FLAGS.label_divisor,
-      FLAGS.ignore_label, FLAGS.dataset_name, FLAGS.overwrite)
-  n = info.num_examples[FLAGS.split]
-  seconds = time.time() - start
-  print(f"wrote {n} {FLAGS.split} examples to {FLAGS.output_dir} in {seconds:.1f} s "
-        f"({n / max(seconds, 1e-9):.1f} examples/s)")
+      FLAGS.ignore_label, FLAGS.dataset_name, FLAGS.overwrite), FLAGS.split, FLAGS.output_dir)
 
 
 def entry():

@@ -49,7 +49,6 @@ from deeplab2_kmax.core import cli, geometry
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax.export_formats import artifacts, export_command
-from deeplab2_kmax.export_formats.runtimes import MissingRuntime
 
 
 def run(f) -> str:
@@ -83,10 +82,7 @@ def run(f) -> str:
 
 def main(argv):
   del argv
-  try:
-    run(flags.FLAGS)
-  except MissingRuntime as e:  # one line saying what to install
-    raise SystemExit(str(e)) from None
+  run(flags.FLAGS)
 
 
 def define_flags(flag_values=None):

@@ -32,7 +32,6 @@ from deeplab2_kmax.app.runners import checkpoint_runner, file_runner, saved_mode
 from deeplab2_kmax.core import cli
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.geometry import parse_input_size
-from deeplab2_kmax.export_formats.runtimes import MissingRuntime
 from evaluation.writers import CocoPanopticWriter
 
 
@@ -117,10 +116,7 @@ def run(f) -> str:
 
 def main(argv):
   del argv
-  try:
-    run(flags.FLAGS)
-  except MissingRuntime as e:  # one line saying what to install
-    raise SystemExit(str(e)) from None
+  run(flags.FLAGS)
 
 
 def define_flags(flag_values=None):

@@ -6,6 +6,8 @@ and pinned in requirements.txt (CI runs every format).
 
 import importlib
 
+from deeplab2_kmax.core.cli import UserError
+
 # module -> (pip requirement, what needs it)
 PACKAGES = {
     "tf2onnx": ("tf2onnx", "--format=onnx (the converter)"),
@@ -16,9 +18,9 @@ PACKAGES = {
 }
 
 
-class MissingRuntime(ImportError):
+class MissingRuntime(UserError):
   """A converter or runtime is not installed; the message is one line saying what to
-  install."""
+  install (a CLI prints it as its `error:` line, exit status 2)."""
 
 
 def require(module: str):
