@@ -22,7 +22,7 @@ def _cases(tmp):
         f"--panoptic_json={missing}.json", f"--panoptic_dir={tmp}", f"--output_dir={tmp}/o"],
        rf"^error: {missing}\.json: cannot read panoptic JSON"),
       (["data/build_coco_tfrecord.py", f"--image_dir={tmp}"],
-       r"^error: --panoptic_json, --panoptic_dir, --output_dir: required flag not set$"),
+       r"^error: --output_dir, --panoptic_json, --panoptic_dir: required flag not set$"),
       (["data/build_cityscapes_tfrecord.py", f"--cityscapes_root={missing}",
         f"--output_dir={tmp}/o"], rf"^error: {missing}/gtFine/cityscapes_panoptic_val\.json: "),
       (["data/dump_tfrecord.py", f"--input_pattern={missing}-*", f"--output_dir={tmp}/d"],
