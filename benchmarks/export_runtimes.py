@@ -17,7 +17,7 @@ One JSON line per (case, variant): median and min of `--repeats` calls after 2 w
 calls, the first call, the process's peak RSS (VmHWM: the runtime, its model and the
 call's working memory) and its RSS before loading the model (Python + numpy),
 the artifact's bytes; with `--agreement_tfrecord` also the agreement with the Python
-path (`export_formats.verify`) on that split (min / mean over images).
+path (`app/export_formats/verify.py`) on that split (min / mean over images).
 """
 
 import json
@@ -88,7 +88,7 @@ def run_child() -> None:
     batch = tf.constant(image[None])
     call = lambda: serve(images=batch)["num_segments"].numpy()
   else:
-    from deeplab2_kmax.export_formats import artifacts  # lazy: TF-free children
+    from deeplab2_kmax.app.export_formats import artifacts  # lazy: TF-free children
     options = {"precision": "bf16"} if FLAGS.child == "openvino_bf16" else {}
     runner = artifacts.load_runner(FLAGS.child_model, threads=FLAGS.threads, **options)
     call = lambda: runner(image[None], size)
@@ -146,7 +146,7 @@ def _predictor(config, size, checkpoint, info):
 def _export(variant, predictor, info, size, work, serving, paths):
   """Path of the variant's artifact (shared between variants of one file)."""
   from deeplab2_kmax.app import saved_model  # lazy: TF-free children
-  from deeplab2_kmax.export_formats import artifacts  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats import artifacts  # lazy: TF-free children
 
   if variant == "saved_model":
     return saved_model.export_saved_model(predictor, info, os.path.join(work, "saved_model"))
@@ -176,10 +176,10 @@ def _export(variant, predictor, info, size, work, serving, paths):
 
 
 def _agreement(variant, path, predictor):
-  from deeplab2_kmax.export_formats import artifacts  # lazy: TF-free children
-  from deeplab2_kmax.export_formats.artifact_predictor import (  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats import artifacts  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats.artifact_predictor import (  # lazy: TF-free children
       ArtifactPredictor)
-  from deeplab2_kmax.export_formats.verify import verify_artifact  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats.verify import verify_artifact  # lazy: TF-free children
 
   if variant == "saved_model":
     return {"min_agreement": 1.0, "mean_agreement": 1.0, "note": "exact (export verify)"}
@@ -191,14 +191,22 @@ def _agreement(variant, path, predictor):
                                  "identical_images")}
 
 
+def _blob_image(size: int, seed: int):
+  """A smooth random uint8 RGB image (upsampled noise), so the model predicts segments."""
+  import numpy as np  # lazy: TF-free children
+  from PIL import Image  # lazy: TF-free children
+  small = np.random.default_rng(seed).integers(0, 256, (max(2, size // 8),) * 2 + (3,))
+  return np.asarray(Image.fromarray(small.astype(np.uint8)).resize((size, size),
+                                                                   Image.BILINEAR))
+
+
 def main(argv):
   del argv
   if FLAGS.child:
     return run_child()
   import numpy as np
-  from deeplab2_kmax.export_formats import artifacts  # lazy: TF-free children
-  from deeplab2_kmax.export_formats.serving_graph import PortableServing  # lazy: TF-free children
-  from deeplab2_kmax.app.predictor_test import random_image  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats import artifacts  # lazy: TF-free children
+  from deeplab2_kmax.app.export_formats.serving_graph import PortableServing  # lazy: TF-free children
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   work = FLAGS.work_dir or tempfile.mkdtemp(prefix="export_runtimes_")
@@ -212,7 +220,7 @@ def main(argv):
     case_dir = os.path.join(work, f"{os.path.basename(config)[:-4]}_{size}")
     image_path = os.path.join(case_dir, "image.npy")
     os.makedirs(case_dir, exist_ok=True)
-    np.save(image_path, random_image(size, size, seed=size))
+    np.save(image_path, _blob_image(size, seed=size))
     paths = {}
     for variant in FLAGS.variants:
       record = {"bench": "export_runtimes", "config": config, "size": size, "batch": 1,

@@ -32,7 +32,7 @@ from keras import ops
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
-from deeplab2_kmax.layers import transformer_layer
+from deeplab2_kmax import transformer_layer
 
 # Fill value of the logits of dropped queries (finite: safe in float16 and softmax).
 DROPPED_LOGIT = -1e4

@@ -21,7 +21,6 @@ LAYERS = [
     ("deeplab2_kmax/kernels/", "kernels"),
     ("deeplab2_kmax/app/", "app"),
     ("deeplab2_kmax/tools/", "app"),
-    ("deeplab2_kmax/export_formats/", "app"),
     ("deeplab2_kmax/export.py", "app"),  # `python -m` entries of app/ commands
     ("deeplab2_kmax/predict.py", "app"),
     ("deeplab2_kmax/visualize_clusters.py", "app"),

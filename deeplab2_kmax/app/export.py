@@ -48,7 +48,7 @@ from deeplab2_kmax.app import saved_model
 from deeplab2_kmax.core import cli, geometry
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.dataset_info import DatasetInfo
-from deeplab2_kmax.export_formats import artifacts, export_command
+from deeplab2_kmax.app.export_formats import artifacts, export_command
 
 
 def run(f) -> str:

@@ -14,8 +14,8 @@ from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app.saved_model import OUTPUT_NAMES, resolve_saved_model
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.dataset_info import DatasetInfo
-from deeplab2_kmax.export_formats import artifacts
-from deeplab2_kmax.export_formats.artifact_predictor import ArtifactPredictor
+from deeplab2_kmax.app.export_formats import artifacts
+from deeplab2_kmax.app.export_formats.artifact_predictor import ArtifactPredictor
 
 
 def decode_image(data: bytes, path: str) -> np.ndarray:

@@ -3,9 +3,9 @@
 normalization (BN factory, sync BN, activations), convolutions (ConvBN, DenseBN,
 DepthwiseSeparableConv), drop_path, resize (align-corners bilinear), axial_attention
 (AxialAttention1D/2D, AxialBlock), bottleneck (BottleneckBlock), attention
-(AttentionOperation), kmeans_cross_attention (cluster assignment + center update),
-transformer_layer (KMaXTransformerLayer with the four Table-1 interactions), tracking
-(TrackListHeldLayers: checkpoint sub-layers kept in lists).
+(AttentionOperation), kmeans_cross_attention (cluster assignment + center update), tracking
+(TrackListHeldLayers: checkpoint sub-layers kept in lists). The decoder layer that
+combines them with a prediction head is `deeplab2_kmax/transformer_layer.py`.
 
 Faster forms of the same math (BN folding, fused BN, depthwise and atrous conv forms,
 native resize, fused GeLU) live in `deeplab2_kmax.kernels`, behind one switch.

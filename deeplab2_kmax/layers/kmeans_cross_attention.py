@@ -11,7 +11,7 @@ assigned pixels (the k-means update step):
     centers = centers + drop_path(update)
 
 The mask logits come from the prediction head owned by each decoder layer (see
-`transformer_layer.py`); this module holds the assignment and the update.
+`deeplab2_kmax/transformer_layer.py`); this module holds the assignment and the update.
 """
 
 from typing import Any, Mapping, Optional

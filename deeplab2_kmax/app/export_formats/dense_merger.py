@@ -37,9 +37,9 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.export_formats.dense_upsampling import phase_coordinates
-from deeplab2_kmax.export_formats.dense_upsampling import phases_to_pixels
-from deeplab2_kmax.export_formats.dense_upsampling import upsample_phases
+from deeplab2_kmax.app.export_formats.dense_upsampling import phase_coordinates
+from deeplab2_kmax.app.export_formats.dense_upsampling import phases_to_pixels
+from deeplab2_kmax.app.export_formats.dense_upsampling import upsample_phases
 
 
 class DenseMaskWiseMerger:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax import mask_upsampling
-from deeplab2_kmax.export_formats import dense_upsampling
+from deeplab2_kmax.app.export_formats import dense_upsampling
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])

@@ -14,10 +14,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.core.cli import UserError
-from deeplab2_kmax.export_formats import artifacts, runtimes
-from deeplab2_kmax.export_formats.artifact_predictor import ArtifactPredictor
-from deeplab2_kmax.export_formats.serving_graph import PortableServing
-from deeplab2_kmax.export_formats.verify import verify_artifact
+from deeplab2_kmax.app.export_formats import artifacts, runtimes
+from deeplab2_kmax.app.export_formats.artifact_predictor import ArtifactPredictor
+from deeplab2_kmax.app.export_formats.serving_graph import PortableServing
+from deeplab2_kmax.app.export_formats.verify import verify_artifact
 
 
 def record(fmt: str, path: str, verified: Optional[Dict] = None, **extra) -> Dict:

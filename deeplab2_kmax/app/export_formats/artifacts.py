@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.versions import next_version, numbered
-from deeplab2_kmax.export_formats import litert_format, metadata as metadata_lib
-from deeplab2_kmax.export_formats import onnx_format, openvino_format
+from deeplab2_kmax.app.export_formats import litert_format, metadata as metadata_lib
+from deeplab2_kmax.app.export_formats import onnx_format, openvino_format
 
 SAVED_MODEL = "saved_model"
 MODULES = {m.NAME: m for m in (onnx_format, litert_format, openvino_format)}
@@ -39,7 +39,7 @@ def export_artifact(fmt: str, predictor, info, output_dir: str, input_size: Sequ
   `input_size`; returns the model file's path. `serving`: a PortableServing of them to
   reuse (its graph is traced once for several formats); options go to the format's
   convert."""
-  from deeplab2_kmax.export_formats.serving_graph import PortableServing  # lazy: no TF in runtimes
+  from deeplab2_kmax.app.export_formats.serving_graph import PortableServing  # lazy: no TF in runtimes
   module = MODULES[fmt]
   base = os.path.join(output_dir, fmt)
   version = next_version(base) if version is None else int(version)

@@ -16,9 +16,9 @@ import tensorflow as tf
 from deeplab2_kmax.app import export, predict
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app.export_test import run_cli, write_tiny_checkpoint
-from deeplab2_kmax.export_formats import artifacts, runtimes
-from deeplab2_kmax.export_formats.artifact_predictor import ArtifactPredictor
-from deeplab2_kmax.export_formats.verify import panoptic_agreement
+from deeplab2_kmax.app.export_formats import artifacts, runtimes
+from deeplab2_kmax.app.export_formats.artifact_predictor import ArtifactPredictor
+from deeplab2_kmax.app.export_formats.verify import panoptic_agreement
 
 SIZE = 129
 TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
@@ -234,7 +234,7 @@ def test_resolve_model_file(tmp_path):
 def test_export_size_from_the_config():
   import gin
   from deeplab2_kmax.core import geometry
-  from deeplab2_kmax.export_formats import export_command
+  from deeplab2_kmax.app.export_formats import export_command
   with gin.unlock_config():
     gin.clear_config()
     try:

@@ -10,9 +10,9 @@ from typing import Dict, Optional
 import numpy as np
 
 from deeplab2_kmax.core.cli import UserError
-from deeplab2_kmax.export_formats import metadata as metadata_lib
-from deeplab2_kmax.export_formats.runtimes import require
-from deeplab2_kmax.export_formats.signature import INPUT_NAMES
+from deeplab2_kmax.app.export_formats import metadata as metadata_lib
+from deeplab2_kmax.app.export_formats.runtimes import require
+from deeplab2_kmax.app.export_formats.signature import INPUT_NAMES
 
 NAME = "onnx"
 FILE_NAME = "model.onnx"

@@ -23,8 +23,8 @@ from typing import Dict, Tuple
 import tensorflow as tf
 
 from deeplab2_kmax.app import predictor as predictor_lib
-from deeplab2_kmax.export_formats.dense_merger import DenseMaskWiseMerger
-from deeplab2_kmax.export_formats.signature import INPUT_NAMES, OUTPUTS
+from deeplab2_kmax.app.export_formats.dense_merger import DenseMaskWiseMerger
+from deeplab2_kmax.app.export_formats.signature import INPUT_NAMES, OUTPUTS
 from deeplab2_kmax.kernels import portable_ops
 
 OUTPUT_DTYPES = {"segment_scores": tf.float32}  # every other output is int32

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.export_formats.dense_merger import DenseMaskWiseMerger
+from deeplab2_kmax.app.export_formats.dense_merger import DenseMaskWiseMerger
 from deeplab2_kmax.post_processing import MaskWiseMerger
 from deeplab2_kmax.post_processing_test import _random_case, _structured_case
 

@@ -12,9 +12,9 @@ from typing import Dict
 import numpy as np
 
 from deeplab2_kmax.core.cli import UserError
-from deeplab2_kmax.export_formats import metadata as metadata_lib
-from deeplab2_kmax.export_formats.runtimes import require
-from deeplab2_kmax.export_formats.signature import INPUT_NAMES, OUTPUTS
+from deeplab2_kmax.app.export_formats import metadata as metadata_lib
+from deeplab2_kmax.app.export_formats.runtimes import require
+from deeplab2_kmax.app.export_formats.signature import INPUT_NAMES, OUTPUTS
 
 NAME = "openvino"
 FILE_NAME = "model.xml"  # + model.bin beside it

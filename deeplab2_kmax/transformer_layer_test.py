@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from deeplab2_kmax.layers import test_utils
-from deeplab2_kmax.layers import transformer_layer
+from deeplab2_kmax import transformer_layer
 
 TINY = dict(bottleneck_channels=16, key_depth=8, value_depth=16, num_heads=2,
             ffn_channels=32, embedding_dim=8, pixel_head_channels=16)
