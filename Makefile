@@ -16,4 +16,4 @@ demo: setup
 	bash tools/demo.sh
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deeplab2_kmax.app import export, predict
+from deeplab2_kmax.app import configs, export, predict
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app.export_test import run_cli, write_tiny_checkpoint
 from deeplab2_kmax.app.export_formats import artifacts, runtimes
@@ -21,8 +21,7 @@ from deeplab2_kmax.app.export_formats.artifact_predictor import ArtifactPredicto
 from deeplab2_kmax.app.export_formats.verify import panoptic_agreement
 
 SIZE = 129
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
-                           "synthetic", "kmax_tiny.gin")
+TINY_CONFIG = os.path.join(configs.REPO_ROOT, "configs", "synthetic", "kmax_tiny.gin")
 NUM_IMAGES = 4
 RUNTIMES = {"onnx": "onnxruntime", "litert": "ai_edge_litert", "openvino": "openvino"}
 
