@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 import keras
 from keras import ops
 
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.kernels import bn_folding
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
@@ -148,8 +149,8 @@ class PredictionHead(keras.layers.Layer):
     class_logits = self.class_head(class_features)
     class_logits = class_logits + ops.convert_to_tensor(self._void_bias,
                                                         class_logits.dtype)
-    return {"class_logits": class_logits, "mask_logits": mask_logits,
-            "pixel_embeddings": pixel_embeddings}
+    return {output_keys.CLASS_LOGITS: class_logits, output_keys.MASK_LOGITS: mask_logits,
+            output_keys.PIXEL_EMBEDDINGS: pixel_embeddings}
 
   def get_config(self):
     config = super().get_config()

@@ -32,6 +32,7 @@ from keras import ops
 
 from deeplab2_kmax import backbones
 from deeplab2_kmax import heads
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import resize
 from deeplab2_kmax.layers import tracking
@@ -39,7 +40,7 @@ from deeplab2_kmax import pixel_decoder as pixel_decoder_lib
 from deeplab2_kmax import semantic_decoder as semantic_decoder_lib
 from deeplab2_kmax import transformer_decoder as transformer_decoder_lib
 
-_RESIZED_AUX_KEYS = ("mask_logits", "pixel_embeddings")
+_RESIZED_AUX_KEYS = (output_keys.MASK_LOGITS, output_keys.PIXEL_EMBEDDINGS)
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -198,7 +199,7 @@ class KMaXDeepLab(keras.Model):
     if "kept_queries" in decoded:  # drop query (training): back to N queries
       final = transformer_decoder_lib.restore_prediction(
           final, decoded["kept_queries"], self.num_queries, self.num_classes)
-    size = ops.shape(final["mask_logits"])[1:3]
+    size = ops.shape(final[output_keys.MASK_LOGITS])[1:3]
     aux_outputs = []
     for prediction in decoded["aux_predictions"]:
       aux = dict(prediction)
@@ -207,10 +208,11 @@ class KMaXDeepLab(keras.Model):
           aux[key] = resize.resize_align_corners(aux[key], (size[0], size[1]))
       aux_outputs.append(aux)
     outputs = dict(final)
-    outputs["aux_outputs"] = aux_outputs
-    outputs["cluster_assignments"] = decoded["cluster_assignments"]
+    outputs[output_keys.AUX_OUTPUTS] = aux_outputs
+    outputs[output_keys.CLUSTER_ASSIGNMENTS] = decoded[output_keys.CLUSTER_ASSIGNMENTS]
     if training:
-      outputs["semantic_logits"] = self.semantic_branch(endpoints, training=training)
+      outputs[output_keys.SEMANTIC_LOGITS] = self.semantic_branch(endpoints,
+                                                                  training=training)
     return outputs
 
   def _trackable_children(self, save_type="checkpoint", **kwargs):

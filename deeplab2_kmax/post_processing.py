@@ -32,6 +32,7 @@ import gin
 import tensorflow as tf
 
 from deeplab2_kmax import mask_coverage
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.mask_upsampling import check_stride
 from deeplab2_kmax.mask_upsampling import crop_grid
 # upsample_mask_logits is also re-exported for callers of this module.
@@ -148,8 +149,8 @@ class MaskWiseMerger:
   # ------------------------------------------------------------------ main
   def __call__(self, outputs: Dict[str, tf.Tensor], output_size=None,
                original_size: Optional[Sequence] = None) -> Dict[str, tf.Tensor]:
-    class_logits = outputs["class_logits"]
-    mask_logits = tf.cast(outputs["mask_logits"], tf.float32)
+    class_logits = outputs[output_keys.CLASS_LOGITS]
+    mask_logits = tf.cast(outputs[output_keys.MASK_LOGITS], tf.float32)
     num_masks = mask_logits.shape[-1]
     num_classes = class_logits.shape[-1] - 1
     if num_masks is None or num_classes is None:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 import keras
 from keras import ops
 
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
 from deeplab2_kmax.layers import tracking
@@ -78,10 +79,10 @@ def restore_prediction(prediction, kept, num_queries: int, num_classes: int):
   out = dict(prediction)
   void_fill = ops.concatenate([ops.full((num_classes,), DROPPED_LOGIT),
                                ops.zeros((1,))])
-  out["class_logits"] = restore_queries(prediction["class_logits"], kept,
-                                        num_queries, void_fill, axis=1)
-  out["mask_logits"] = restore_queries(prediction["mask_logits"], kept,
-                                       num_queries, DROPPED_LOGIT, axis=-1)
+  out[output_keys.CLASS_LOGITS] = restore_queries(
+      prediction[output_keys.CLASS_LOGITS], kept, num_queries, void_fill, axis=1)
+  out[output_keys.MASK_LOGITS] = restore_queries(
+      prediction[output_keys.MASK_LOGITS], kept, num_queries, DROPPED_LOGIT, axis=-1)
   return out
 
 
@@ -214,7 +215,7 @@ class KMaXTransformerDecoder(tracking.TrackListHeldLayers, keras.layers.Layer):
         "class_features": self.class_projection(centers, training=training),
         "mask_features": self.mask_projection(centers, training=training),
         "aux_predictions": aux,
-        "cluster_assignments": assignments,
+        output_keys.CLUSTER_ASSIGNMENTS: assignments,
         "pixel_features": pixels_out,
     }
     if kept is not None:

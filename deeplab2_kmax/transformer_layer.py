@@ -28,6 +28,7 @@ import keras
 from keras import ops
 
 from deeplab2_kmax import heads
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.layers import attention
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
@@ -167,7 +168,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
     if self.use_kmeans:
       prediction = self.prediction_head(pixel, memory, memory, training=training)
       assignment, one_hot = kmeans_cross_attention.cluster_assignment(
-          prediction["mask_logits"], num_centers)
+          prediction[output_keys.MASK_LOGITS], num_centers)
       one_hot = ops.reshape(one_hot, (batch, -1, num_centers))
       update = self.kmeans_update(one_hot, p_v_flat, training=training)
       out = out + self.drop_path(update, training=training)

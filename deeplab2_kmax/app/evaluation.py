@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.post_processing import MaskWiseMerger
 from deeplab2_kmax.post_processing import check_merger_stride
 from evaluation.instance_ap import InstanceAP
@@ -58,7 +59,8 @@ class PanopticEvaluation:
     self._merge = tf.function(self._merge_one, reduce_retracing=True)
 
   def _merge_one(self, class_logits, mask_logits, padded, original):
-    out = self.merger({"class_logits": class_logits, "mask_logits": mask_logits},
+    out = self.merger({output_keys.CLASS_LOGITS: class_logits,
+                       output_keys.MASK_LOGITS: mask_logits},
                       (padded[0], padded[1]), (original[0], original[1]))
     return {k: v[0] for k, v in out.items()}
 
@@ -89,8 +91,8 @@ class PanopticEvaluation:
         if max_examples is not None and count >= max_examples:
           break
         h, w = int(sizes[i][0]), int(sizes[i][1])
-        out = self._merge(outputs["class_logits"][i:i + 1],
-                          outputs["mask_logits"][i:i + 1], padded,
+        out = self._merge(outputs[output_keys.CLASS_LOGITS][i:i + 1],
+                          outputs[output_keys.MASK_LOGITS][i:i + 1], padded,
                           tf.constant([h, w], tf.int32))
         pred, gt = out["panoptic"].numpy(), gts[i, :h, :w]
         num = int(out["num_segments"])

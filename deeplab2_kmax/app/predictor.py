@@ -36,6 +36,7 @@ from deeplab2_kmax.app import configs
 from deeplab2_kmax.app.input_checks import guarded, inspect_encoded
 from deeplab2_kmax.core import dataset_info as dataset_info_lib
 from deeplab2_kmax.core import geometry
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.geometry import check_input_size
 from deeplab2_kmax.core.geometry import padded_length
@@ -134,7 +135,7 @@ class PanopticPredictor(tf.Module):
     """uint8 [h, w, 3] -> {panoptic/semantic/instance: int32 [h, w], segment_ids /
     segment_classes: int32 [N], segment_scores: float32 [N], num_segments: int32 []}."""
     outputs, inner, padded = self.run_model(image)
-    stride = mask_stride(padded, outputs["mask_logits"])
+    stride = mask_stride(padded, outputs[output_keys.MASK_LOGITS])
     merger_stride = getattr(self.merger, "mask_stride", None)
     if merger_stride is not None:
       check = tf.debugging.assert_equal(
@@ -144,10 +145,10 @@ class PanopticPredictor(tf.Module):
       with tf.control_dependencies([check]):
         stride = tf.identity(stride)
     grid = covering_grid(inner, stride)
-    cropped = {"class_logits": outputs["class_logits"],
-               "mask_logits": outputs["mask_logits"][:, :grid[0], :grid[1], :]}
-    if "pixel_embeddings" in outputs:
-      cropped["pixel_embeddings"] = outputs["pixel_embeddings"][:, :grid[0], :grid[1], :]
+    cropped = {output_keys.CLASS_LOGITS: outputs[output_keys.CLASS_LOGITS]}
+    for key in (output_keys.MASK_LOGITS, output_keys.PIXEL_EMBEDDINGS):
+      if key in outputs:
+        cropped[key] = outputs[key][:, :grid[0], :grid[1], :]
     merged_size = (grid - 1) * stride + 1
     merged = self.merger(cropped, (merged_size[0], merged_size[1]),
                          original_size=(inner[0], inner[1]))

@@ -23,6 +23,7 @@ from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app import visualization
 from deeplab2_kmax.app.runners import decode_image
 from deeplab2_kmax.core import cli
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax.core.geometry import parse_input_size
@@ -33,7 +34,7 @@ def cluster_maps(predictor: predictor_lib.PanopticPredictor, image: np.ndarray
   """-> (per decoder layer the int [h_l, w_l] assignment map cropped to the image,
   the layer's stride, N clusters)."""
   outputs, inner, padded = predictor.run_model(image)
-  assignments = outputs.get("cluster_assignments")
+  assignments = outputs.get(output_keys.CLUSTER_ASSIGNMENTS)
   if not assignments:
     raise ValueError("the model returns no 'cluster_assignments' (its decoder has no "
                      "k-means layers, e.g. interaction='cross_attention')")
@@ -43,7 +44,7 @@ def cluster_maps(predictor: predictor_lib.PanopticPredictor, image: np.ndarray
     grid = predictor_lib.covering_grid(inner, stride)
     maps.append(np.asarray(assignment[0, :grid[0], :grid[1]]))
     strides.append(int(stride[0]))
-  return maps, strides, int(outputs["class_logits"].shape[1])
+  return maps, strides, int(outputs[output_keys.CLASS_LOGITS].shape[1])
 
 
 def draw(predictor: predictor_lib.PanopticPredictor, info, image: np.ndarray,

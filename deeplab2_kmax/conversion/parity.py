@@ -23,6 +23,7 @@ import numpy as np
 
 from deeplab2_kmax.conversion import label_space as label_space_lib
 from deeplab2_kmax import post_processing
+from deeplab2_kmax.core import output_keys
 
 RELATIVE_TOLERANCE = 1e-3   # of the reference's largest magnitude
 NEAR_TIE = 1e-3             # relative top-2 margin under which an argmax may flip
@@ -48,16 +49,16 @@ def deeplab2_outputs(model, merger, space: label_space_lib.LabelSpace, image: np
   outputs = model(image, training=False)
   result = {}
   result.update(_head_outputs("final", outputs, space))
-  for i, aux in enumerate(outputs["aux_outputs"]):
+  for i, aux in enumerate(outputs[output_keys.AUX_OUTPUTS]):
     result.update(_head_outputs(f"aux{i}", aux, space))
-    result[f"aux{i}/cluster_assignment"] = _np(outputs["cluster_assignments"][i]).astype(
-        np.int32)
+    assignment = outputs[output_keys.CLUSTER_ASSIGNMENTS][i]
+    result[f"aux{i}/cluster_assignment"] = _np(assignment).astype(np.int32)
   size = image.shape[1:3]
   for key, merge in (("final", merger), ("final_no_area_limit", no_area_limit_merger)):
     if merge is None:
       continue
-    merged = merge({"class_logits": outputs["class_logits"],
-                    "mask_logits": outputs["mask_logits"]}, size)
+    merged = merge({output_keys.CLASS_LOGITS: outputs[output_keys.CLASS_LOGITS],
+                    output_keys.MASK_LOGITS: outputs[output_keys.MASK_LOGITS]}, size)
     result[f"{key}/panoptic_pred"] = space.panoptic_to_deeplab2(
         _np(merged["panoptic"]), label_divisor, ignore_label)
   result.update(_endpoints(model, image))
@@ -67,9 +68,10 @@ def deeplab2_outputs(model, merger, space: label_space_lib.LabelSpace, image: np
 def _head_outputs(prefix: str, prediction: Mapping, space) -> Dict[str, np.ndarray]:
   return {
       f"{prefix}/transformer_class_logits":
-          space.class_logits_to_deeplab2(_np(prediction["class_logits"])),
-      f"{prefix}/pixel_space_mask_logits": _np(prediction["mask_logits"]),
-      f"{prefix}/pixel_space_normalized_feature": _np(prediction["pixel_embeddings"]),
+          space.class_logits_to_deeplab2(_np(prediction[output_keys.CLASS_LOGITS])),
+      f"{prefix}/pixel_space_mask_logits": _np(prediction[output_keys.MASK_LOGITS]),
+      f"{prefix}/pixel_space_normalized_feature":
+          _np(prediction[output_keys.PIXEL_EMBEDDINGS]),
   }
 
 

@@ -33,6 +33,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.losses.ground_truth import GroundTruth
 from deeplab2_kmax.losses.ground_truth import flatten_pixels
 from deeplab2_kmax.losses.ground_truth import prepare_ground_truth
@@ -151,11 +152,11 @@ class KMaXLoss:
 
   def _semantic(self, outputs: Mapping[str, Any], gt: GroundTruth,
                 seed: Optional[tf.Tensor]) -> tf.Tensor:
-    if "semantic_logits" not in outputs:
+    if output_keys.SEMANTIC_LOGITS not in outputs:
       raise KeyError("semantic_weight > 0 but outputs has no 'semantic_logits' "
                      "(call the model with training=True, or set "
                      "KMaXLoss.semantic_weight = 0)")
-    logits = outputs["semantic_logits"]
+    logits = outputs[output_keys.SEMANTIC_LOGITS]
     targets = subsample_to(gt, tuple(logits.shape[1:3]),
                            "outputs['semantic_logits']")
     indices = None
@@ -181,18 +182,18 @@ class KMaXLoss:
   def __call__(self, outputs: Mapping[str, Any], labels: Mapping[str, tf.Tensor],
                seed: Optional[tf.Tensor] = None) -> dict:
     """Computes the losses; see the module docstring for the reduction."""
-    num_classes = outputs["class_logits"].shape[-1] - 1
+    num_classes = outputs[output_keys.CLASS_LOGITS].shape[-1] - 1
     gt = prepare_ground_truth(labels, num_classes)
     if seed is not None:
       seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    predictions = [outputs] + list(outputs.get("aux_outputs", []) or [])
+    predictions = [outputs] + list(outputs.get(output_keys.AUX_OUTPUTS, []) or [])
     final_match = None
     sums = {"pq_style": 0.0, "mask_id": 0.0, "instance_discrimination": 0.0}
     for layer, prediction in enumerate(predictions):
-      self._check_resolution(prediction["mask_logits"], gt,
+      self._check_resolution(prediction[output_keys.MASK_LOGITS], gt,
                              f"mask_logits (output {layer})")
-      mask_logits = flatten_pixels(prediction["mask_logits"])
-      class_logits = prediction["class_logits"]
+      mask_logits = flatten_pixels(prediction[output_keys.MASK_LOGITS])
+      class_logits = prediction[output_keys.CLASS_LOGITS]
       if final_match is None or self.aux_matching == "recompute":
         match = match_predictions(class_logits, mask_logits, gt)
         if final_match is None:
@@ -207,7 +208,7 @@ class KMaXLoss:
         sums["mask_id"] += self._reduce(
             mask_id_cross_entropy(mask_logits, gt, match.assignment))
       if self.instance_discrimination_weight:
-        embeddings = flatten_pixels(prediction["pixel_embeddings"])
+        embeddings = flatten_pixels(prediction[output_keys.PIXEL_EMBEDDINGS])
         sums["instance_discrimination"] += self._reduce(
             self._instance_discrimination(embeddings, gt, seed, layer))
     result = {key: tf.cast(value, tf.float32) for key, value in sums.items()}

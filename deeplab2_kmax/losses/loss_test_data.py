@@ -1,6 +1,8 @@
 """Tiny random labels/outputs in the DESIGN.md formats, shared by the loss tests."""
 import numpy as np
 
+from deeplab2_kmax.core import output_keys
+
 
 def make_labels(rng: np.random.Generator, batch: int = 2, height: int = 5,
                 width: int = 6, max_segments: int = 4, num_classes: int = 3,
@@ -50,16 +52,16 @@ def make_outputs(rng: np.random.Generator, batch: int = 2, height: int = 5,
     emb = rng.normal(size=(batch, height, width, dim))
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
     return {
-        "class_logits": (scale * rng.normal(
+        output_keys.CLASS_LOGITS: (scale * rng.normal(
             size=(batch, num_slots, num_classes + 1))).astype(np.float32),
-        "mask_logits": (scale * rng.normal(
+        output_keys.MASK_LOGITS: (scale * rng.normal(
             size=(batch, height, width, num_slots))).astype(np.float32),
-        "pixel_embeddings": emb.astype(np.float32),
+        output_keys.PIXEL_EMBEDDINGS: emb.astype(np.float32),
     }
   outputs = one()
-  outputs["semantic_logits"] = rng.normal(
+  outputs[output_keys.SEMANTIC_LOGITS] = rng.normal(
       size=(batch, height, width, num_classes)).astype(np.float32)
-  outputs["aux_outputs"] = [one() for _ in range(num_aux)]
+  outputs[output_keys.AUX_OUTPUTS] = [one() for _ in range(num_aux)]
   return outputs
 
 

@@ -40,6 +40,7 @@ import tensorflow as tf
 from deeplab2_kmax.app.export_formats.dense_upsampling import phase_coordinates
 from deeplab2_kmax.app.export_formats.dense_upsampling import phases_to_pixels
 from deeplab2_kmax.app.export_formats.dense_upsampling import upsample_phases
+from deeplab2_kmax.core import output_keys
 
 
 class DenseMaskWiseMerger:
@@ -84,8 +85,8 @@ class DenseMaskWiseMerger:
                image_size: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
     c = self.config
     s, conf_c = self.stride, float(c["pixel_confidence"])
-    logits = tf.cast(outputs["mask_logits"], tf.float32)
-    class_logits = outputs["class_logits"]
+    logits = tf.cast(outputs[output_keys.MASK_LOGITS], tf.float32)
+    class_logits = outputs[output_keys.CLASS_LOGITS]
     _, hs, ws, n = logits.shape
     num_classes = class_logits.shape[-1] - 1
     if None in (hs, ws, n, num_classes):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app.export_formats.dense_merger import DenseMaskWiseMerger
 from deeplab2_kmax.app.export_formats.signature import INPUT_NAMES, OUTPUTS
+from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.kernels import portable_ops
 
 OUTPUT_DTYPES = {"segment_scores": tf.float32}  # every other output is int32
@@ -61,12 +62,12 @@ class PortableServing(tf.Module):
     x = tf.where(inside, tf.cast(images, tf.float32), predictor_lib.PAD_VALUE)
     with portable_ops.portable_graph():
       outputs = self.model(x, training=False)
-    grid = outputs["mask_logits"].shape[1]
+    grid = outputs[output_keys.MASK_LOGITS].shape[1]
     stride = (height - 1) // max(grid - 1, 1)
     if stride != self.merger.stride:
       raise ValueError(f"the model's mask logits have stride {stride} at {height}x{width}, "
                        f"the merger's mask_stride is {self.merger.stride}")
-    merged = self.merger({"class_logits": outputs["class_logits"],
-                          "mask_logits": outputs["mask_logits"]}, image_size)
+    logits = {key: outputs[key] for key in (output_keys.CLASS_LOGITS, output_keys.MASK_LOGITS)}
+    merged = self.merger(logits, image_size)
     return {name: tf.cast(merged[key], OUTPUT_DTYPES.get(key, tf.int32))
             for key, name in OUTPUTS.items()}
