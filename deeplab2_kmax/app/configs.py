@@ -9,8 +9,9 @@ trainer; tools that do not train pass `skip_unknown=True`.
 """
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
+from absl import flags
 import gin
 
 from deeplab2_kmax.core import cli
@@ -36,3 +37,18 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str] = (),
 def repo_path(path: str) -> str:
   """`path` if it exists, else the same path under the repository root."""
   return path if os.path.exists(path) else os.path.join(REPO_ROOT, path)
+
+
+def define_model_flags(flag_values=None, dataset_info_help: str = "the converter's "
+                       "dataset_info.json", gin_help: str = "gin config(s) the checkpoint "
+                       "was trained with", checkpoint_default: Optional[str] = "") -> None:
+  """--gin_file, --gin_bindings, --checkpoint and --dataset_info: the model a command runs
+  (evaluate, export, predict, visualize_clusters), on `flag_values` (default: absl's global
+  FLAGS). `checkpoint_default=None` lets a caller mark --checkpoint as required."""
+  on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
+  flags.DEFINE_multi_string("gin_file", [], gin_help, **on)
+  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
+  flags.DEFINE_string("checkpoint", checkpoint_default,
+                      "checkpoint prefix (model_dir/ckpt-300) or model_dir", **on)
+  flags.DEFINE_string("dataset_info", None if checkpoint_default is None else "",
+                      dataset_info_help, **on)

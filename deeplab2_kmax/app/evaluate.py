@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from data import input_pipeline
 from deeplab2_kmax.app import checkpoints
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.app import evaluation
 from deeplab2_kmax.core import cli
 from deeplab2_kmax.core import dataset_info as dataset_info_lib
@@ -39,12 +40,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_multi_string("gin_file", [], "Gin config(s) the checkpoint was trained with.")
-  flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings.")
-  flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (model_dir/ckpt-N) or model_dir.")
+  configs.define_model_flags(checkpoint_default=None)
   flags.DEFINE_string("output_dir", None, "Where predictions and metrics.json go.")
   flags.DEFINE_string("eval_tfrecord", None, "Glob of the evaluation TFRecord shards.")
-  flags.DEFINE_string("dataset_info", None, "The converter's dataset_info.json.")
   flags.DEFINE_integer("max_examples", 0, "Stop after this many images (0: all).")
   flags.DEFINE_integer("batch_size", 1, "Eval batch size.")
   flags.DEFINE_bool("write_groundtruth", False, "Also write the ground truth as COCO panoptic.")

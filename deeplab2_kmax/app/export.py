@@ -43,6 +43,7 @@ import json
 
 from absl import flags
 
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app import saved_model
 from deeplab2_kmax.core import cli, geometry
@@ -88,12 +89,7 @@ def main(argv):
 def define_flags(flag_values=None):
   """Defines this CLI's flags on `flag_values` (default: absl's global FLAGS)."""
   on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
-  flags.DEFINE_multi_string("gin_file", [], "gin config(s) the checkpoint was trained with",
-                            **on)
-  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
-  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
-                      **on)
-  flags.DEFINE_string("dataset_info", "", "the converter's dataset_info.json", **on)
+  configs.define_model_flags(**on)
   flags.DEFINE_string("output_dir", "", "TF Serving base folder; writes <output_dir>/<version>",
                       **on)
   flags.DEFINE_string("input_size", "", "optional H,W (32k+1): resize to fit + pad to this; "

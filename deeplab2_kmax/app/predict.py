@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from absl import flags
 
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.app import visualization
 from deeplab2_kmax.app.runners import checkpoint_runner, file_runner, saved_model_runner
 from deeplab2_kmax.core import cli
@@ -125,11 +126,8 @@ def define_flags(flag_values=None):
   flags.DEFINE_string("saved_model", "", "exported SavedModel (version or base folder)", **on)
   flags.DEFINE_string("model", "", "an ONNX / LiteRT / OpenVINO artifact of export "
                       "--format (model.onnx / model.tflite / model.xml or its folder)", **on)
-  flags.DEFINE_multi_string("gin_file", [], "gin config(s), with --checkpoint", **on)
-  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
-  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
-                      **on)
-  flags.DEFINE_string("dataset_info", "", "dataset_info.json, with --checkpoint", **on)
+  configs.define_model_flags(gin_help="gin config(s), with --checkpoint",
+                             dataset_info_help="dataset_info.json, with --checkpoint", **on)
   flags.DEFINE_string("input_size", "", "optional H,W (32k+1), with --checkpoint", **on)
   flags.DEFINE_string("images", "", "glob of input images, e.g. 'photos/*.jpg'", **on)
   flags.DEFINE_string("output_dir", "", "where panoptic/, overlay/ and panoptic.json go",

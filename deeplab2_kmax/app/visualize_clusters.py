@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from absl import flags
 
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.app import predictor as predictor_lib
 from deeplab2_kmax.app import visualization
 from deeplab2_kmax.app.runners import decode_image
@@ -97,13 +98,8 @@ def main(argv):
 def define_flags(flag_values=None):
   """Defines this CLI's flags on `flag_values` (default: absl's global FLAGS)."""
   on = {"flag_values": flag_values if flag_values is not None else flags.FLAGS}
-  flags.DEFINE_multi_string("gin_file", [], "gin config(s) the checkpoint was trained with",
-                            **on)
-  flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings", **on)
-  flags.DEFINE_string("checkpoint", "", "checkpoint prefix (model_dir/ckpt-300) or model_dir",
-                      **on)
-  flags.DEFINE_string("dataset_info", "", "dataset_info.json (default: beside the checkpoint)",
-                      **on)
+  configs.define_model_flags(
+      dataset_info_help="dataset_info.json (default: beside the checkpoint)", **on)
   flags.DEFINE_string("input_size", "", "optional H,W (32k+1), as for export", **on)
   flags.DEFINE_string("image", "", "input image (JPEG/PNG)", **on)
   flags.DEFINE_string("output", "", "output figure (.png)", **on)
