@@ -23,7 +23,6 @@ backbone_kwargs=layers.test_utils.TINY_RESNET_KWARGS, **layers.test_utils.TINY_M
 configs/synthetic/kmax_tiny.gin does so with somewhat larger widths for the demo.
 """
 
-import contextlib
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import gin
@@ -34,6 +33,7 @@ from deeplab2_kmax import backbones
 from deeplab2_kmax import heads
 from deeplab2_kmax.core import output_keys
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 from deeplab2_kmax.layers import resize
 from deeplab2_kmax.layers import tracking
 from deeplab2_kmax import pixel_decoder as pixel_decoder_lib
@@ -174,15 +174,14 @@ class KMaXDeepLab(keras.Model):
         low_level_channels=self.semantic_low_level_channels,
         head_channels=semantic_channels, activation=activation, norm_config=nc,
         name="semantic_branch")
+    # Every sub-layer computes in the model's policy (`dtype=`), whatever the global one.
+    policy_sharing.share_dtype_policy(self)
 
   def build(self, input_shape):
     pass  # sub-layers create their weights on the first call (shapes are dynamic)
 
   def call(self, images, training=False):
-    # Sub-layers created lazily in build() take the global dtype policy: keep it the
-    # model's own (see `build_model(dtype_policy=...)`) while this runs.
-    with _global_dtype_policy(self.dtype_policy.name):
-      outputs = self._forward(images, bool(training))
+    outputs = self._forward(images, bool(training))
     if self.compute_dtype != "float32":  # outputs are float32 whatever the policy
       outputs = keras.tree.map_structure(
           lambda t: ops.cast(t, "float32") if "float" in str(t.dtype) else t,
@@ -267,17 +266,6 @@ class KMaXDeepLab(keras.Model):
     return cls(**config)
 
 
-@contextlib.contextmanager
-def _global_dtype_policy(name: Optional[str]):
-  previous = keras.config.dtype_policy()
-  if name is not None:
-    keras.config.set_dtype_policy(name)
-  try:
-    yield
-  finally:
-    keras.config.set_dtype_policy(previous)
-
-
 @gin.configurable
 def build_model(num_classes: int, backbone: Union[str, keras.layers.Layer] = "resnet50",
                 backbone_kwargs: Optional[Mapping[str, Any]] = None,
@@ -295,6 +283,7 @@ def build_model(num_classes: int, backbone: Union[str, keras.layers.Layer] = "re
   variables (hence checkpoints) stay float32 and the outputs are cast to float32.
   Not with XLA on CPU (bf16 fails on XLA:CPU).
   """
-  with _global_dtype_policy(dtype_policy):
-    return KMaXDeepLab(num_classes, backbone=backbone,
-                       backbone_kwargs=backbone_kwargs, **kwargs)
+  if dtype_policy is not None:
+    kwargs["dtype"] = dtype_policy
+  return KMaXDeepLab(num_classes, backbone=backbone, backbone_kwargs=backbone_kwargs,
+                     **kwargs)

@@ -259,3 +259,26 @@ def test_bfloat16_policy_model_shares_checkpoints_and_outputs_float32(tmp_path):
   # Lazily built sub-layers took the model's policy too.
   policies = {layer.dtype_policy.name for layer in bf16._flatten_layers()}  # pylint: disable=protected-access
   assert policies == {"mixed_bfloat16"}, policies
+
+
+def test_dtype_policy_reaches_every_sub_layer_without_the_global_policy(monkeypatch):
+  """A model constructed with `dtype=` computes in that policy everywhere, sub-layers
+  created in build() included (shortcuts, decoder projections, transformer FFNs), and
+  neither construction nor calls change Keras' global policy."""
+  def refuse(policy):
+    raise AssertionError(f"the global dtype policy was set to {policy}")
+
+  monkeypatch.setattr(keras.config, "set_dtype_policy", refuse)
+  model = model_lib.KMaXDeepLab(3, backbone="resnet50",
+                                backbone_kwargs=test_utils.TINY_RESNET_KWARGS,
+                                dtype="mixed_bfloat16", **TINY)
+  images = _images(batch=1, size=65)
+  model(images, training=True)
+  out = model(images, training=False)
+  assert keras.config.dtype_policy().name == "float32"
+  layers = model._flatten_layers()  # pylint: disable=protected-access
+  policies = {layer.name: layer.dtype_policy.name for layer in layers}
+  assert set(policies.values()) == {"mixed_bfloat16"}, policies
+  built_late = [n for n in policies if n in ("shortcut", "ffn1", "memory_conv3")]
+  assert set(built_late) == {"shortcut", "ffn1", "memory_conv3"}, sorted(policies)
+  assert out["mask_logits"].dtype == "float32"

@@ -37,6 +37,7 @@ from deeplab2_kmax.layers import axial_attention
 from deeplab2_kmax.layers import bottleneck
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 from deeplab2_kmax.layers import resize
 from deeplab2_kmax.layers import tracking
 
@@ -94,11 +95,13 @@ class ResizedFuse(keras.layers.Layer):
       self.decoder_conv = convolutions.ConvBN(self.channels, 1,
                                               norm_config=self.norm_config,
                                               name="decoder_conv")
+      policy_sharing.share_dtype_policy(self)
       self.decoder_conv.build(tuple(decoder_feature_shape))
     if skip_feature_shape is not None and skip_feature_shape[-1] != self.channels:
       self.skip_conv = convolutions.ConvBN(self.channels, 1,
                                            norm_config=self.norm_config,
                                            name="skip_conv")
+      policy_sharing.share_dtype_policy(self)
       self.skip_conv.build(tuple(skip_feature_shape))
 
   def call(self, decoder_feature, skip_feature=None, output_size=None,

@@ -34,6 +34,7 @@ from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import kmeans_cross_attention
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 
 INTERACTIONS = ("kmeans_cross_attention", "cross_attention",
                 "dual_path_cross_attention", "dual_path_kmeans_cross_attention")
@@ -136,6 +137,7 @@ class KMaXTransformerLayer(keras.layers.Layer):
       self.pixel_conv3 = convolutions.DenseBN(
           pixel_features_shape[-1], bn_gamma_initializer="zeros", norm_config=nc,
           name="pixel_conv3")
+    policy_sharing.share_dtype_policy(self)
 
   def call(self, pixel_features, centers, training=False):
     shape = ops.shape(pixel_features)

@@ -31,6 +31,7 @@ import keras
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 from deeplab2_kmax.layers import tracking
 
 
@@ -70,6 +71,7 @@ class Bottleneck(keras.layers.Layer):
     if input_shape[-1] != 4 * self.filters:
       self.shortcut = convolutions.ConvBN(4 * self.filters, 1, strides=self.strides,
                                           norm_config=self.norm_config, name="shortcut")
+      policy_sharing.share_dtype_policy(self)
 
   def residual_branch(self, x, training):
     x = self.conv1(x, training=training)

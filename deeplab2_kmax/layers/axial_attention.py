@@ -26,6 +26,7 @@ from deeplab2_kmax.kernels import folded_attention
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 from deeplab2_kmax.layers import tracking
 
 
@@ -320,6 +321,7 @@ class AxialBlock(keras.layers.Layer):
       self.shortcut = convolutions.ConvBN(
           self.output_filters, 1, strides=self.strides, activation=None,
           norm_config=self.norm_config, name="shortcut")
+      policy_sharing.share_dtype_policy(self)
       self.shortcut.build(tuple(input_shape))
     self.conv1.build(tuple(input_shape))
     mid = int(round(self.filters * self.bottleneck_expansion))

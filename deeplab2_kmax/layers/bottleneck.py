@@ -14,6 +14,7 @@ import keras
 from deeplab2_kmax.layers import convolutions
 from deeplab2_kmax.layers import drop_path as drop_path_lib
 from deeplab2_kmax.layers import normalization
+from deeplab2_kmax.layers import policy_sharing
 
 
 @keras.saving.register_keras_serializable(package="deeplab2_kmax")
@@ -65,6 +66,7 @@ class BottleneckBlock(keras.layers.Layer):
       self.shortcut = convolutions.ConvBN(
           self.output_filters, 1, strides=self.strides, norm_config=self.norm_config,
           name="shortcut")
+      policy_sharing.share_dtype_policy(self)
       self.shortcut.build(tuple(input_shape))
     self.conv1.build(tuple(input_shape))
     self.conv2.build((None, None, None, self.filters))
