@@ -35,7 +35,6 @@ from typing import Optional, Sequence, Union
 import gin
 import tensorflow as tf
 
-from data import converter
 from data.panoptic_targets import panoptic_targets
 from data import preprocessing
 from data import tfrecord_format

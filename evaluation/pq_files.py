@@ -6,7 +6,6 @@ pixels (`pair_counts`), then `evaluation.pq_core` applies panopticapi's rules. T
 checks and their messages are panopticapi's, naming the file and the segment.
 """
 
-import os
 from typing import Dict, Optional, Sequence
 
 import numpy as np

@@ -11,7 +11,8 @@
 * `newest_readable(model_dir)`: the newest checkpoint that reads, with a warning naming
   each newer one that does not.
 * `resolve_checkpoint` / `restore_model`: the one way the CLIs and the evaluation find
-  and restore a model's checkpoint (a prefix or a model_dir).
+  and restore a model's checkpoint (a prefix or a model_dir); `restore_resolved` when
+  the prefix was resolved first (to compare its dataset_info before building the model).
 Used by the trainer (resume), evaluation and the inference CLIs.
 """
 import logging
@@ -43,6 +44,12 @@ def numbered(model_dir: str) -> List[Tuple[int, str]]:
   return sorted(found, reverse=True)
 
 
+def _unreadable(e: Exception) -> str:
+  """`unreadable checkpoint (<error type>: <first line of its message>)`."""
+  text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
+  return f"unreadable checkpoint ({type(e).__name__}: {text.splitlines()[0][:200]})"
+
+
 def check_readable(prefix: str) -> None:
   """Reads every tensor of the checkpoint (CRC-checked); raises CheckpointUnreadableError.
   Variant tensors (an input iterator's state) are checked when they are restored."""
@@ -52,10 +59,7 @@ def check_readable(prefix: str) -> None:
       if dtype != tf.variant:
         reader.get_tensor(name)
   except Exception as e:  # pylint: disable=broad-except  (DataLoss, IndexError, ...)
-    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
-    raise CheckpointUnreadableError(
-        f"{prefix}: unreadable checkpoint ({type(e).__name__}: "
-        f"{text.splitlines()[0][:200]})") from None
+    raise CheckpointUnreadableError(f"{prefix}: {_unreadable(e)}") from None
 
 
 class _NoUnrestoredValueWarnings(logging.Filter):
@@ -88,8 +92,7 @@ def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False)
   except (ValueError, AssertionError) as e:
     problem = str(e).strip().splitlines()[0][:400]
   except Exception as e:  # pylint: disable=broad-except
-    text = (getattr(e, "message", None) or str(e) or type(e).__name__).strip()
-    problem = f"unreadable checkpoint ({type(e).__name__}: {text.splitlines()[0][:200]})"
+    problem = _unreadable(e)
     error_type = CheckpointUnreadableError
   tf.get_logger().addFilter(_QUIET)  # idempotent
   if error_type is CheckpointMismatchError:
@@ -147,10 +150,16 @@ def untracked_variables(model):
 
 
 def restore_model(model, checkpoint: str, dummy_size: int = 65):
-  """Builds the model's variables on a dummy image, then restores `checkpoint` and
-  checks that every model variable received a value (a mismatch is one clear error)."""
+  """Builds the model's variables on a dummy image, then restores `checkpoint` (a
+  prefix or a model_dir, see `resolve_checkpoint`) and checks that every model variable
+  received a value (a mismatch is one clear error). Returns the prefix."""
+  return restore_resolved(model, resolve_checkpoint(checkpoint), dummy_size)
+
+
+def restore_resolved(model, prefix: str, dummy_size: int = 65):
+  """`restore_model` for a prefix that `resolve_checkpoint` returned (its tensors were
+  read once already; they are not checked again)."""
   model(tf.zeros([1, dummy_size, dummy_size, 3]), training=False)
-  prefix = resolve_checkpoint(checkpoint)
   missing = untracked_variables(model)
   if missing:
     raise ValueError(

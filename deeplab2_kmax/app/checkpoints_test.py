@@ -65,3 +65,24 @@ def test_mismatch_is_one_line_without_a_warning_per_value(model_dir, caplog):
               or "unrestored values" in r.getMessage()], len(caplog.records)
   # the matching model restores (the optimizer's values are not needed)
   checkpoints.restore(tf.train.Checkpoint(model=_model(4)), prefix, partial=True)
+
+
+def test_restore_model_reads_the_checkpoint_once(model_dir, monkeypatch):
+  """resolve_checkpoint reads every tensor (CRC check) once; restore_resolved, for a
+  prefix already resolved (load_predictor, evaluate.py), does not read them again."""
+  checked = []
+  real_check = checkpoints.check_readable
+  monkeypatch.setattr(checkpoints, "check_readable",
+                      lambda prefix: checked.append(prefix) or real_check(prefix))
+  model = _model(4)
+  prefix = checkpoints.restore_model(model, str(model_dir))
+  assert prefix.endswith("ckpt-10") and checked == [prefix]
+  reference = _model(4)
+  tf.train.Checkpoint(model=reference).read(prefix).expect_partial()
+  for a, b in zip(model.variables, reference.variables):
+    assert (a.numpy() == b.numpy()).all()
+  other = _model(4)
+  assert checkpoints.restore_resolved(other, prefix) == prefix
+  assert checked == [prefix]
+  for a, b in zip(model.variables, other.variables):
+    assert (a.numpy() == b.numpy()).all()

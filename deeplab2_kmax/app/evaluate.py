@@ -22,7 +22,6 @@ import json
 import os
 
 from absl import flags
-import gin
 import tensorflow as tf
 
 from data import input_pipeline
@@ -64,7 +63,7 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
   if not tf.io.gfile.exists(dataset_info):
     raise cli.UserError(f"--dataset_info={dataset_info}: no such file")
   # Training-only configurables (optimizer, loss, trainer) may be absent: skip them.
-  cli.parse_gin(gin_files, gin_bindings, skip_unknown=True, finalize_config=False)
+  configs.parse_config(gin_files, gin_bindings, skip_unknown=True, finalize_config=False)
   info = dataset_info_lib.DatasetInfo.load(dataset_info)
   input_pipeline.check_dataset_info(info, dataset_info, eval_tfrecord, "--eval_tfrecord")
   prefix = checkpoints.resolve_checkpoint(checkpoint)
@@ -72,20 +71,19 @@ def evaluate(gin_files, gin_bindings, checkpoint, output_dir, eval_tfrecord, dat
                                 os.path.join(os.path.dirname(prefix), "dataset_info.json"),
                                 f"the checkpoint {prefix} was made with")
   model = build_model(num_classes=info.num_classes)
-  checkpoints.restore_model(model, prefix)
+  checkpoints.restore_resolved(model, prefix)
   size = geometry.eval_input_size()
   kwargs = {"crop_size": size} if size else {}
   dataset = input_pipeline.build_dataset(eval_tfrecord, info, is_training=False,
                                          batch_size=batch_size, **kwargs)
-  category_ids = [info.train_id_to_category_id[t] for t in range(info.num_classes)]
   common = dict(label_divisor=info.label_divisor, ignore_label=info.ignore_label,
                 thing_train_ids=info.thing_train_ids)
   categories = info.coco_categories()
   pred_writer = writers.CocoPanopticWriter(output_dir, categories,
-                                           train_id_to_category_id=category_ids,
+                                           train_id_to_category_id=info.category_ids,
                                            name="panoptic", **common)
   gt_writer = (writers.CocoPanopticWriter(output_dir, categories,
-                                          train_id_to_category_id=category_ids,
+                                          train_id_to_category_id=info.category_ids,
                                           name="groundtruth", **common)
                if write_groundtruth else None)
   source = f"--eval_tfrecord={eval_tfrecord}"  # image/id names the files

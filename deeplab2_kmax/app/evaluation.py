@@ -72,11 +72,10 @@ class PanopticEvaluation:
     accumulator result, per class included), semantic (mIoU details), and ap / ap50
     with instance_ap."""
     info = self.info
-    category_ids = [info.train_id_to_category_id[t] for t in range(info.num_classes)]
     pq = PanopticQualityAccumulator.from_dataset_info(info)
     miou = MeanIoU(info.num_classes, info.ignore_label, class_names=info.names)
     ap = (InstanceAP(info.label_divisor, info.ignore_label, info.thing_train_ids,
-                     category_ids=category_ids) if self.instance_ap else None)
+                     category_ids=info.category_ids) if self.instance_ap else None)
     count = 0
     bar = tqdm.tqdm(desc=description, unit="img", total=max_examples, disable=not progress,
                     dynamic_ncols=True)

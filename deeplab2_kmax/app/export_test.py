@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from deeplab2_kmax.app import checkpoints, export, saved_model
 from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.core import versions
 from deeplab2_kmax.core.dataset_info import DatasetInfo
 from deeplab2_kmax.app.predictor_test import D, IGNORE, permissive_merger, random_image, tiny_model
 
@@ -84,7 +85,7 @@ def exported(tmp_path_factory):
 def test_version_folders(exported, tmp_path):
   _, path, base = exported
   assert path == str(base / "serving" / "1")
-  assert saved_model.next_version(str(base / "serving")) == 2
+  assert versions.next_version(str(base / "serving")) == 2
   assert saved_model.resolve_saved_model(str(base / "serving")) == path
   assert os.listdir(base / "serving") == ["1"]  # no staging leftovers
   with pytest.raises(ValueError, match="already exists"):

@@ -68,7 +68,7 @@ def predict_files(info, run: Callable[[bytes, str], Tuple[np.ndarray, Dict]],
     raise UserError("--output_dir: required flag not set")
   writer = CocoPanopticWriter(
       output_dir, info.coco_categories(), info.label_divisor, info.ignore_label,
-      info.thing_train_ids, [info.train_id_to_category_id[t] for t in range(info.num_classes)],
+      info.thing_train_ids, info.category_ids,
       name="panoptic")
   overlay_dir = os.path.join(output_dir, "overlay")
   os.makedirs(overlay_dir, exist_ok=True)

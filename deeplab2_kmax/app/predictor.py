@@ -287,7 +287,7 @@ def load_predictor(gin_files: Sequence[str], gin_bindings: Sequence[str], checkp
         info, str(dataset_info), os.path.join(os.path.dirname(prefix), "dataset_info.json"),
         f"the checkpoint {prefix} was made with")
   model = build_model(num_classes=info.num_classes)
-  checkpoints.restore_model(model, prefix)
+  checkpoints.restore_resolved(model, prefix)
   merger = MaskWiseMerger(thing_train_ids=info.thing_train_ids,
                           label_divisor=info.label_divisor, ignore_label=info.ignore_label,
                           mask_stride=model.output_stride)

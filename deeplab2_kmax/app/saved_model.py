@@ -11,23 +11,20 @@ import contextlib
 import itertools
 import logging
 import os
-import re
-import shutil
 from typing import Optional
 
 import tensorflow as tf
 from tqdm import tqdm
 
 from data import tfrecord_format
+from deeplab2_kmax.app.export_formats.signature import OUTPUTS
 from deeplab2_kmax.app.predictor import PanopticPredictor
 from deeplab2_kmax.core.cli import UserError
 from deeplab2_kmax.core.dataset_info import INFO_FILE_NAME
-from deeplab2_kmax.core.versions import next_version, numbered
+from deeplab2_kmax.core.versions import new_version, numbered
 
-OUTPUT_NAMES = {"panoptic": "panoptic_map", "semantic": "semantic_map",
-                "instance": "instance_map", "segment_ids": "segment_ids",
-                "segment_classes": "segment_classes", "segment_scores": "segment_scores",
-                "num_segments": "num_segments", "image_size": "image_size"}
+# The artifacts' output names, plus each image's size (batches of different sizes).
+OUTPUT_NAMES = dict(OUTPUTS, image_size="image_size")
 
 
 class ServingModule(tf.Module):
@@ -41,7 +38,7 @@ class ServingModule(tf.Module):
     self.label_divisor = constant(info.label_divisor, tf.int32)
     self.ignore_label = constant(info.ignore_label, tf.int32)
     self.num_classes = constant(info.num_classes, tf.int32)
-    self.category_ids = constant([c.id for c in info.categories], tf.int32)
+    self.category_ids = constant(info.category_ids, tf.int32)
     self.category_names = constant(info.names, tf.string)
     self.category_isthing = constant([c.isthing for c in info.categories], tf.int32)
     self.category_colors = constant(info.colors, tf.int32)
@@ -89,25 +86,15 @@ def export_saved_model(predictor: PanopticPredictor, info, output_dir: str,
 
   if not output_dir:
     raise UserError("--output_dir: required flag not set")
-  version = next_version(output_dir) if version is None else int(version)
-  if version < 1:
-    raise UserError(f"--version={version}: must be >= 1")
-  final = os.path.join(output_dir, str(version))
-  if os.path.exists(final):
-    raise UserError(f"--output_dir={output_dir}: version {version} already exists "
-                    f"({final}); pick another --version or leave it unset")
-  staging = os.path.join(output_dir, f".staging-{version}-{os.getpid()}")
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  info_path = info.save(os.path.join(staging, INFO_FILE_NAME))
-  module = ServingModule(predictor, info, info_path)
-  signatures = {"serving_default": module.serve_bytes.get_concrete_function(),
-                "serve_images": module.serve_images.get_concrete_function()}
-  saved = os.path.join(staging, "saved_model")
-  with _quiet_signature_renames():
-    tf.saved_model.save(module, saved, signatures=signatures)
-  os.rename(saved, final)
-  shutil.rmtree(staging)
+  with new_version(output_dir, version, f"--output_dir={output_dir}") as (staging, final):
+    info_path = info.save(os.path.join(staging, INFO_FILE_NAME))
+    module = ServingModule(predictor, info, info_path)
+    signatures = {"serving_default": module.serve_bytes.get_concrete_function(),
+                  "serve_images": module.serve_images.get_concrete_function()}
+    saved = os.path.join(staging, "saved_model")
+    with _quiet_signature_renames():
+      tf.saved_model.save(module, saved, signatures=signatures)
+    os.rename(saved, final)
   return final
 
 

@@ -111,6 +111,11 @@ class DatasetInfo:
     return {c.train_id: c.id for c in self.categories}
 
   @property
+  def category_ids(self) -> list[int]:
+    """The original category id of each train id (index = train id)."""
+    return [c.id for c in self.categories]
+
+  @property
   def category_id_to_train_id(self) -> dict[int, int]:
     return {c.id: c.train_id for c in self.categories}
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from deeplab2_kmax.core.dataset_info import DatasetInfo, as_dataset_info
+from deeplab2_kmax.core.dataset_info import Category, DatasetInfo, as_dataset_info
 
 COCO_LIKE = [{"id": 40, "name": "wall", "isthing": 0},
              {"id": 3, "name": "car", "isthing": 1, "color": [1, 2, 3]},
@@ -15,6 +15,7 @@ def test_train_ids_follow_the_category_id_order():
   assert info.num_classes == 3
   assert info.train_id_to_category_id == {0: 3, 1: 17, 2: 40}
   assert info.category_id_to_train_id == {3: 0, 17: 1, 40: 2}
+  assert info.category_ids == [3, 17, 40]
   assert info.thing_train_ids == [0, 1] and info.stuff_train_ids == [2]
   assert info.things_then_stuff_train_ids == [0, 1, 2]
   assert info.is_thing == [True, True, False]
@@ -53,3 +54,13 @@ def test_things_then_stuff_order_of_interleaved_classes():
   cats = [{"id": i, "name": str(i), "isthing": int(i in (2, 3))} for i in range(5)]
   info = DatasetInfo.from_coco_categories("x", cats, 1000, 255)
   assert info.things_then_stuff_train_ids == [2, 3, 0, 1, 4]
+
+
+def test_category_ids_are_indexed_by_train_id():
+  """Train ids need not follow the category ids (Cityscapes, ADE20K): entry t is the
+  category id of train id t, whatever order the categories were given in."""
+  categories = [Category(7, 2, "road", 0, (1, 1, 1)), Category(24, 0, "person", 1, (2, 2, 2)),
+                Category(11, 1, "building", 0, (3, 3, 3))]
+  info = DatasetInfo("x", 1000, 255, categories)
+  assert info.category_ids == [24, 11, 7]
+  assert info.category_ids == [info.train_id_to_category_id[t] for t in range(3)]

@@ -35,12 +35,12 @@ import sys
 import time
 
 from absl import flags
-import gin
 import numpy as np
 
 from data import ade20k_categories
 from data import build_cityscapes_tfrecord
 from deeplab2_kmax.app import checkpoints
+from deeplab2_kmax.app import configs
 from deeplab2_kmax.conversion import convert
 from deeplab2_kmax.conversion import deeplab2_checkpoint
 from deeplab2_kmax.conversion import label_space as label_space_lib
@@ -51,7 +51,6 @@ from deeplab2_kmax import model as model_lib
 from deeplab2_kmax import post_processing
 
 FLAGS = flags.FLAGS
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def define_flags():
@@ -96,9 +95,7 @@ def parse_config(gin_files, gin_bindings):
   if not gin_files:
     raise cli.UserError("--gin_file: required (our config of the checkpoint's model, see "
                         "docs/MODEL_ZOO.md)")
-  if REPO_ROOT not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
-    gin.add_config_file_search_path(REPO_ROOT)
-  cli.parse_gin(gin_files, gin_bindings, skip_unknown=True)
+  configs.parse_config(gin_files, gin_bindings, skip_unknown=True)
 
 
 def build(info: DatasetInfo):

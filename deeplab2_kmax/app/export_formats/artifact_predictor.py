@@ -15,13 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab2_kmax.app import predictor as predictor_lib
+from deeplab2_kmax.app.export_formats.signature import OUTPUTS
 
-MAP_KEYS = ("panoptic", "semantic", "instance")
-SEGMENT_KEYS = ("segment_ids", "segment_classes", "segment_scores", "num_segments")
 # artifact output name -> predict_image key
-KEYS = {"panoptic_map": "panoptic", "semantic_map": "semantic", "instance_map": "instance",
-        "segment_ids": "segment_ids", "segment_classes": "segment_classes",
-        "segment_scores": "segment_scores", "num_segments": "num_segments"}
+KEYS = {name: key for key, name in OUTPUTS.items()}
 
 
 class ArtifactPredictor:
@@ -57,7 +54,7 @@ class ArtifactPredictor:
     result = {}
     for name, key in KEYS.items():
       value = np.asarray(out[name])[0]
-      if key in MAP_KEYS:
+      if key in predictor_lib.MAP_KEYS:
         value = value[:inner[0], :inner[1]]
         if shrunk:
           value = tf.image.resize(value[..., None], np.shape(image)[:2],

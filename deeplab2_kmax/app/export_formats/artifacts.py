@@ -9,11 +9,10 @@ only the format's runtime (no TensorFlow).
 """
 
 import os
-import shutil
 from typing import Optional, Sequence
 
 from deeplab2_kmax.core.cli import UserError
-from deeplab2_kmax.core.versions import next_version, numbered
+from deeplab2_kmax.core.versions import new_version, numbered
 from deeplab2_kmax.app.export_formats import litert_format, metadata as metadata_lib
 from deeplab2_kmax.app.export_formats import onnx_format, openvino_format
 
@@ -42,14 +41,7 @@ def export_artifact(fmt: str, predictor, info, output_dir: str, input_size: Sequ
   from deeplab2_kmax.app.export_formats.serving_graph import PortableServing  # lazy: no TF in runtimes
   module = MODULES[fmt]
   base = os.path.join(output_dir, fmt)
-  version = next_version(base) if version is None else int(version)
-  final = os.path.join(base, str(version))
-  if os.path.exists(final):
-    raise UserError(f"--version: {final} already exists; pick another --version or leave it unset")
-  staging = os.path.join(base, f".staging-{version}-{os.getpid()}")
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  try:
+  with new_version(base, version, f"--output_dir={output_dir}") as (staging, final):
     if serving is None or tuple(serving.input_size) != tuple(input_size):
       serving = PortableServing(predictor, input_size)
     num_masks = serving.function.get_concrete_function().structured_outputs[
@@ -58,8 +50,6 @@ def export_artifact(fmt: str, predictor, info, output_dir: str, input_size: Sequ
     module.convert(serving, os.path.join(staging, module.FILE_NAME), text, **options)
     info.save(staging)
     os.rename(staging, final)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return os.path.join(final, module.FILE_NAME)
 
 

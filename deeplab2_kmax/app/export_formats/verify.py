@@ -9,7 +9,6 @@ changing any segment); void counts as a class. 1.0 when the maps are equal.
 from typing import Dict
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from data import tfrecord_format
